@@ -1,0 +1,124 @@
+"""One path for every model: plugin Config -> dataset -> RecBole data_preparation -> model -> trainer -> evaluation.
+
+``run`` spawns ``nproc`` processes for RecBole's distributed training (NCCL on GPUs, gloo on CPU).
+``objective_function`` is the hook RecBole's HyperTuning calls.
+"""
+import logging
+import sys
+from logging import getLogger
+
+import torch.distributed as dist
+from recbole.data import create_dataset as recbole_create_dataset
+from recbole.data import data_preparation
+from recbole.data.transform import construct_transform
+from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
+
+from recbole_transfer import registry
+from recbole_transfer.config import Config
+
+
+def create_dataset(config):
+    """The model's plugin dataset class if it has one, else RecBole's choice for the model type."""
+    dataset_class = registry.get_dataset_class(config["model"])
+    if dataset_class is None:
+        return recbole_create_dataset(config)
+    return dataset_class(config)
+
+
+def build(model=None, dataset=None, config_file_list=None, config_dict=None):
+    """Config, data loaders, model and trainer, ready to fit (used by the runner, tuning and tests)."""
+    config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(sys.argv)
+    logger.info(config)
+
+    data = create_dataset(config)
+    logger.info(data)
+    train_data, valid_data, test_data = data_preparation(config, data)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = registry.get_model_class(config["model"])(config, train_data._dataset).to(config["device"])
+    logger.info(model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    logger.info(set_color("Trainable parameters", "blue") + f": {trainable} / {total} ({100.0 * trainable / max(total, 1):.2f}%)")
+    if config["log_flops"]:
+        flops = get_flops(model, data, config["device"], logger, construct_transform(config))
+        logger.info(set_color("FLOPs", "blue") + f": {flops}")
+
+    trainer = registry.get_trainer_class(config["model"], config["MODEL_TYPE"])(config, model)
+    return config, model, trainer, (train_data, valid_data, test_data)
+
+
+def run_recbole_transfer(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None):
+    """Train with early stopping on the validation split, then test the best checkpoint.
+
+    Returns ``{best_valid_score, valid_score_bigger, best_valid_result, test_result, checkpoint}``.
+    """
+    config, model, trainer, (train_data, valid_data, test_data) = build(model, dataset, config_file_list, config_dict)
+    logger = getLogger()
+    if config["resume_checkpoint"]:
+        trainer.resume_checkpoint(config["resume_checkpoint"])
+
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+
+    logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    if saved:
+        logger.info(set_color("checkpoint", "yellow") + f": {trainer.saved_model_file}")
+
+    result = {
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+        "checkpoint": trainer.saved_model_file if saved else None,
+    }
+    if not config["single_spec"]:
+        dist.destroy_process_group()
+    if config["local_rank"] == 0 and queue is not None:
+        queue.put(result)
+    return result
+
+
+def _run_rank(rank, model, dataset, config_file_list, config_dict, saved, queue):
+    config_dict = dict(config_dict, local_rank=rank)
+    run_recbole_transfer(model, dataset, config_file_list, config_dict, saved=saved, queue=queue)
+
+
+def run(model, dataset, config_file_list=None, config_dict=None, saved=True, nproc=1, world_size=-1,
+        ip="localhost", port="5678", group_offset=0):
+    """Single process, or ``nproc`` spawned ranks through torch.distributed (RecBole's DDP path)."""
+    if nproc == 1 and world_size <= 0:
+        return run_recbole_transfer(model, dataset, config_file_list, config_dict, saved=saved)
+    import torch.multiprocessing as mp
+
+    world_size = nproc if world_size == -1 else world_size
+    config_dict = dict(config_dict or {}, world_size=world_size, ip=ip, port=str(port), nproc=nproc,
+                       offset=group_offset)
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_run_rank, args=(model, dataset, config_file_list, config_dict, saved, queue), nprocs=nproc, join=True)
+    return None if queue.empty() else queue.get()
+
+
+def objective_function(config_dict=None, config_file_list=None, saved=True):
+    """RecBole HyperTuning objective: train once, return the validation score and both results."""
+    config, model, trainer, (train_data, valid_data, test_data) = build(
+        config_file_list=config_file_list, config_dict=config_dict
+    )
+    logging.basicConfig(level=logging.ERROR)
+    best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, verbose=False, saved=saved)
+    test_result = trainer.evaluate(test_data, load_best_model=saved)
+    return {
+        "model": config["model"],
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+    }

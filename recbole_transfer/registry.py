@@ -1,0 +1,108 @@
+"""Model name -> (model class, dataset class, trainer class).
+
+Plugin models are looked up first; any other name goes to stock RecBole. RecBole's own ``get_model`` cannot see
+plugin classes and, for unknown names, fails on an unrelated optional import, so unknown names are caught here with
+the closest known names in the message.
+"""
+import difflib
+import importlib
+import os
+import re
+from functools import lru_cache
+
+from recbole_transfer.errors import UserInputError
+
+_RECBOLE_MODEL_FOLDERS = [
+    "general_recommender",
+    "context_aware_recommender",
+    "sequential_recommender",
+    "knowledge_aware_recommender",
+    "exlib_recommender",
+]
+
+# name -> ("module:ModelClass", "module:DatasetClass" or None, "module:TrainerClass" or None)
+_PLUGIN_MODELS = {}
+
+
+class UnknownModelError(UserInputError):
+    pass
+
+
+def register(name, model, dataset=None, trainer=None):
+    """Register a plugin model. Each of ``model``/``dataset``/``trainer`` is a class or a ``"module:Class"`` path
+    (imported only when the model is used)."""
+    _PLUGIN_MODELS[name] = (model, dataset, trainer)
+
+
+def plugin_model_names():
+    return sorted(_PLUGIN_MODELS)
+
+
+@lru_cache(maxsize=1)
+def recbole_model_names():
+    """Every model class RecBole ships, read from its source files (importing them all would pull optional
+    dependencies such as lightgbm/xgboost)."""
+    import recbole.model
+
+    root = os.path.dirname(recbole.model.__file__)
+    names = []
+    for folder in _RECBOLE_MODEL_FOLDERS:
+        path = os.path.join(root, folder)
+        for file in sorted(os.listdir(path)):
+            if not file.endswith(".py") or file.startswith("__"):
+                continue
+            module_name = file[:-3]
+            with open(os.path.join(path, file), encoding="utf-8") as f:
+                for class_name in re.findall(r"^class (\w+)\(", f.read(), flags=re.M):
+                    if class_name.lower() == module_name:
+                        names.append(class_name)
+    return tuple(sorted(set(names)))
+
+
+def resolve_model_name(name):
+    """The canonical spelling of a plugin or RecBole model name (case-insensitive); unknown names raise
+    ``UnknownModelError`` listing the close matches."""
+    known = list(_PLUGIN_MODELS) + [n for n in recbole_model_names() if n not in _PLUGIN_MODELS]
+    if name in known:
+        return name
+    by_lower = {n.lower(): n for n in known}
+    if str(name).lower() in by_lower:
+        return by_lower[str(name).lower()]
+    close = [by_lower[n] for n in difflib.get_close_matches(str(name).lower(), list(by_lower), n=5, cutoff=0.5)]
+    hint = f"; close matches: {', '.join(close)}" if close else "; see recbole_transfer.registry.plugin_model_names()"
+    raise UnknownModelError(f"unknown model '{name}'{hint}")
+
+
+def _load(target):
+    if target is None or not isinstance(target, str):
+        return target
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def is_plugin_model(name):
+    return name in _PLUGIN_MODELS
+
+
+def get_model_class(name):
+    name = resolve_model_name(name)
+    if name in _PLUGIN_MODELS:
+        return _load(_PLUGIN_MODELS[name][0])
+    from recbole.utils import get_model
+
+    return get_model(name)
+
+
+def get_dataset_class(name):
+    """The plugin dataset class of a model, or None (then RecBole's ``create_dataset`` picks the stock one)."""
+    name = resolve_model_name(name)
+    return _load(_PLUGIN_MODELS[name][1]) if name in _PLUGIN_MODELS else None
+
+
+def get_trainer_class(name, model_type):
+    name = resolve_model_name(name)
+    if name in _PLUGIN_MODELS and _PLUGIN_MODELS[name][2] is not None:
+        return _load(_PLUGIN_MODELS[name][2])
+    from recbole.utils import get_trainer
+
+    return get_trainer(model_type, name)

@@ -1,0 +1,40 @@
+"""Run any plugin or stock RecBole model through the recbole_transfer pipeline.
+
+    python run_recbole_transfer.py --model=SASRec --dataset=Scientific [--config_files="a.yaml b.yaml"] [--key=value ...]
+
+``--nproc=N`` trains with N processes through torch.distributed (NCCL on GPUs, gloo on CPU).
+"""
+import argparse
+import sys
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", "-m", required=True, help="plugin or RecBole model name")
+    parser.add_argument("--dataset", "-d", required=True, help="dataset name (folder in dataset/), or A,B,C to merge")
+    parser.add_argument("--config_files", default=None, help="yaml files, separated by spaces or commas")
+    parser.add_argument("--nproc", type=int, default=1, help="processes for distributed training")
+    parser.add_argument("--world_size", type=int, default=-1, help="total processes over all nodes")
+    parser.add_argument("--ip", default="localhost", help="address of the rank-0 node")
+    parser.add_argument("--port", default="5678", help="port of the rank-0 node")
+    parser.add_argument("--group_offset", type=int, default=0, help="rank offset of this node")
+    args, overrides = parser.parse_known_args(argv)
+    # RecBole's Config reads the remaining --key=value pairs from sys.argv.
+    sys.argv = [sys.argv[0]] + overrides
+
+    from recbole_transfer.errors import UserInputError
+    from recbole_transfer.quick_start import run
+
+    config_files = args.config_files.replace(",", " ").split() if args.config_files else None
+    try:
+        run(args.model, args.dataset, config_file_list=config_files, nproc=args.nproc, world_size=args.world_size,
+            ip=args.ip, port=args.port, group_offset=args.group_offset)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny datasets cut from the committed real data (first N users, all their rows)."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATASET_DIR = REPO / "dataset"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Small, fast settings for end-to-end runs on the tiny fixtures.
+FAST = {
+    "epochs": 2,
+    "train_batch_size": 256,
+    "eval_batch_size": 256,
+    "hidden_size": 16,
+    "inner_size": 32,
+    "n_layers": 1,
+    "n_heads": 1,
+    "show_progress": False,
+    "log_flops": False,
+    "state": "WARNING",
+}
+
+
+def cut_users(name, n_users, out_root):
+    """Copy the first ``n_users`` users of dataset/<name> (with item text, if any) into out_root/<name>."""
+    src = DATASET_DIR / name
+    dst = Path(out_root) / name
+    dst.mkdir(parents=True, exist_ok=True)
+    users, items = [], set()
+    with open(src / f"{name}.inter", encoding="utf-8") as fin, open(dst / f"{name}.inter", "w", encoding="utf-8") as fout:
+        fout.write(fin.readline())
+        for line in fin:
+            user, item = line.split("\t")[:2]
+            if not users or users[-1] != user:
+                if len(users) == n_users:
+                    break
+                users.append(user)
+            items.add(item)
+            fout.write(line)
+    text = src / f"{name}.text"
+    if text.exists():
+        with open(text, encoding="utf-8") as fin, open(dst / f"{name}.text", "w", encoding="utf-8") as fout:
+            fout.write(fin.readline())
+            for line in fin:
+                if line.split("\t", 1)[0] in items:
+                    fout.write(line)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory):
+    """A data_path holding the first 200 users of Scientific."""
+    root = tmp_path_factory.mktemp("tiny_data")
+    cut_users("Scientific", 200, root)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def clean_argv(monkeypatch, tmp_path):
+    """RecBole's Config reads sys.argv: keep pytest's own flags out; run in a temporary working directory so logs,
+    checkpoints and caches stay out of the repository."""
+    monkeypatch.setattr(sys, "argv", ["run_recbole_transfer.py"])
+    monkeypatch.chdir(tmp_path)
+    yield

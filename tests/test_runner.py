@@ -1,0 +1,57 @@
+"""run_recbole_transfer.py end to end, and its one-line errors."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import FAST, REPO
+
+import run_recbole_transfer
+
+
+def _args(tiny_root, tmp_path, **extra):
+    values = dict(FAST, data_path=str(tiny_root), checkpoint_dir=str(tmp_path / "saved"), **extra)
+    return [f"--{key}={value}" for key, value in values.items()]
+
+
+@pytest.mark.parametrize("model", ["SASRec", "BERT4Rec", "GRU4Rec", "NextItNet"])
+def test_stock_models_run_through_the_plugin_path(model, tiny_root, tmp_path):
+    from recbole_transfer.quick_start import run_recbole_transfer
+
+    extra = {"epochs": 1}
+    if model == "NextItNet":
+        extra.update(embedding_size=16, block_num=1, dilations=[1, 2])
+    if model == "GRU4Rec":
+        extra.update(embedding_size=16)
+    config_dict = dict(FAST, data_path=str(tiny_root), checkpoint_dir=str(tmp_path / "saved"), **extra)
+    result = run_recbole_transfer(model, "Scientific", config_dict=config_dict)
+    assert set(result["test_result"]) == {"recall@10", "recall@50", "ndcg@10", "ndcg@50"}
+    assert os.path.isfile(result["checkpoint"])
+
+
+def test_cli_trains_prints_metrics_and_saves_checkpoint(tiny_root, tmp_path):
+    cmd = [sys.executable, str(REPO / "run_recbole_transfer.py"), "--model=SASRec", "--dataset=Scientific"]
+    cmd += _args(tiny_root, tmp_path, epochs=1, state="INFO")
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    output = proc.stdout + proc.stderr
+    assert "best valid" in output and "test result" in output and "ndcg@10" in output
+    assert [f for f in os.listdir(tmp_path / "saved") if f.startswith("SASRec-") and f.endswith(".pth")]
+    assert os.path.isdir(tmp_path / "log_tensorboard")
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--model=SASRek", "--dataset=Scientific"], "error: unknown model 'SASRek'; close matches: SASRec"),
+        (["--model=SASRec", "--dataset=Scientifc"], "error: unknown dataset 'Scientifc': no "),
+        (["--model=SASRec", "--dataset=Scientific", "--epochs"],
+         "error: malformed command-line argument '--epochs': expected --key=value"),
+    ],
+)
+def test_cli_bad_input_is_one_line(argv, expected, capsys):
+    assert run_recbole_transfer.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(expected)
+    assert "\n" not in err
