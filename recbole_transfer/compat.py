@@ -182,14 +182,28 @@ def _wrap_evaluate(evaluate):
     return evaluate_after_barrier
 
 
+def _ensure_dir(dir_path):
+    """RecBole's ``ensure_dir`` checks then creates: two DDP ranks starting together race on ``./log`` and one
+    crashes with FileExistsError."""
+    os.makedirs(dir_path, exist_ok=True)
+
+
 def apply():
     """Apply every patch once."""
     global _APPLIED
     set_numpy_aliases()
     if _APPLIED:
         return
+    import recbole.data.utils
+    import recbole.utils
+    import recbole.utils.logger
+    import recbole.utils.utils
     from recbole.evaluator.collector import Collector
     from recbole.trainer import trainer as recbole_trainer
+
+    for module in (recbole.utils, recbole.utils.utils, recbole.utils.logger, recbole.data.utils, recbole_trainer):
+        if hasattr(module, "ensure_dir"):
+            module.ensure_dir = _ensure_dir
 
     recbole_trainer.Trainer._save_checkpoint = _safe_save_checkpoint
     recbole_trainer.AbstractTrainer.__init__ = _abstract_trainer_init
