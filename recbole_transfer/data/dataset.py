@@ -31,14 +31,12 @@ class TextSequentialDataset(SequentialDataset):
 
     def _load_item_texts(self):
         path = self._text_path()
-        item_text = text.read_item_text(path)
-        unknown = [token for token in item_text if token not in self._raw_item_tokens]
-        if unknown:
-            raise text.ItemTextError(
-                f"{len(unknown)} rows of {os.path.basename(path)} name items that are not in the dataset, "
-                f"e.g. {', '.join(unknown[:3])}"
-            )
-        return text.align_item_text(item_text, list(self.field2id_token[self.iid_field]), allow_extra=True)
+        return text.align_item_text(
+            text.read_item_text(path),
+            list(self.field2id_token[self.iid_field]),
+            known_tokens=self._raw_item_tokens,
+            source=os.path.basename(path),
+        )
 
     def encode_item_texts(self, word_drop_ratio=0.0, seed=None):
         """PLM matrix of the item texts (cached on disk); ``word_drop_ratio`` > 0 gives the augmented variant."""
@@ -53,4 +51,6 @@ class TextSequentialDataset(SequentialDataset):
             device=config["device"] if config["plm_device"] is None else config["plm_device"],
             word_drop_ratio=word_drop_ratio,
             seed=config["seed"] if seed is None else seed,
+            logger=self.logger,
+            show_progress=config["show_progress"],
         ).to(torch.float32)
