@@ -58,6 +58,12 @@ def tiny_root(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def text_cache(tmp_path_factory):
+    """One encoded-text cache for the whole session (each fixture's texts are encoded once)."""
+    return str(tmp_path_factory.mktemp("text_cache"))
+
+
 @pytest.fixture(autouse=True)
 def clean_argv(monkeypatch, tmp_path):
     """RecBole's Config reads sys.argv: keep pytest's own flags out; run in a temporary working directory so logs,

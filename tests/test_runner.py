@@ -55,3 +55,43 @@ def test_cli_bad_input_is_one_line(argv, expected, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith(expected)
     assert "\n" not in err
+
+
+def test_plugin_models_resolve_before_recbole(tiny_root, tmp_path, text_cache):
+    """A registered plugin model gets its own dataset and trainer classes through the same runner."""
+    import recbole
+    import torch
+    from recbole.model.sequential_recommender import SASRec
+    from recbole.trainer import Trainer
+
+    from recbole_transfer import registry
+    from recbole_transfer.data.dataset import TextSequentialDataset
+    from recbole_transfer.quick_start import run_recbole_transfer
+
+    seen = {}
+
+    class TextProbeSASRec(SASRec):
+        def __init__(self, config, dataset):
+            super().__init__(config, dataset)
+            seen["plm_shape"] = tuple(dataset.plm_embedding.shape)
+            seen["item_num"] = dataset.item_num
+
+    class ProbeTrainer(Trainer):
+        def _train_epoch(self, *args, **kwargs):
+            seen["trainer"] = type(self).__name__
+            return super()._train_epoch(*args, **kwargs)
+
+    registry.register("TextProbeSASRec", TextProbeSASRec, TextSequentialDataset, ProbeTrainer)
+    try:
+        assert registry.resolve_model_name("textprobesasrec") == "TextProbeSASRec"
+        config_dict = dict(FAST, data_path=str(tiny_root), checkpoint_dir=str(tmp_path / "saved"), epochs=1,
+                           text_cache_dir=text_cache)
+        # a plugin model ships its own yaml; this probe borrows SASRec's
+        sasrec_yaml = os.path.join(os.path.dirname(recbole.__file__), "properties", "model", "SASRec.yaml")
+        result = run_recbole_transfer("TextProbeSASRec", "Scientific", config_file_list=[sasrec_yaml],
+                                      config_dict=config_dict)
+    finally:
+        registry._PLUGIN_MODELS.pop("TextProbeSASRec")
+    assert seen["plm_shape"] == (seen["item_num"], 384)
+    assert seen["trainer"] == "ProbeTrainer"
+    assert torch.load(result["checkpoint"], weights_only=True)["config"]["model"] == "TextProbeSASRec"

@@ -170,6 +170,13 @@ def test_word_drop():
     assert text.word_drop("a b c", 0.0, random.Random(1)) == "a b c"
 
 
+def test_read_crlf_and_lone_carriage_return(tmp_path):
+    # the shared Tools.text has CRLF line ends; a stray \r inside a text must not split the row
+    path = tmp_path / "X.text"
+    path.write_bytes(b"item_id:token\ttext:token_seq\r\nA\tx y\r\nB\tu\rv\r\nC\t\r\n")
+    assert text.read_item_text(path) == {"A": "x y", "B": "u\rv", "C": ""}
+
+
 # --- errors -----------------------------------------------------------------------------------------------------
 def test_missing_text_file():
     path = "dataset/X/X.text"  # the tests run in an empty temporary directory
