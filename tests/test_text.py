@@ -257,10 +257,10 @@ def _text_config(root, cache_dir):
 
 
 @needs_dataset
-def test_dataset_matrix_aligned_with_item_ids(tiny_root, tmp_path, plm):
+def test_dataset_matrix_aligned_with_item_ids(tiny_root, text_cache, plm):
     from recbole_transfer.data.dataset import TextSequentialDataset
 
-    dataset = TextSequentialDataset(_text_config(tiny_root, str(tmp_path)))
+    dataset = TextSequentialDataset(_text_config(tiny_root, text_cache))  # cache shared with other test files
     tokens = dataset.field2id_token["item_id"]
     assert dataset.plm_embedding.shape == (dataset.item_num, 384) and len(tokens) == dataset.item_num
     assert torch.count_nonzero(dataset.plm_embedding[0]) == 0

@@ -24,9 +24,10 @@ from recbole_transfer.errors import UserInputError
 DEFAULT_PLM = "all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {DEFAULT_PLM, "sentence-transformers/all-MiniLM-L6-v2"}
 TEXT_HEADER = ["item_id:token", "text:token_seq"]
-# Tokens per batch (batch size x padded length). Measured with benchmarks/bench_text_encoding.py on all 4,385
-# Scientific texts (MiniLM, 2 CPU cores): see docs/RESULTS.md; larger budgets gain nothing on CPU.
-DEFAULT_TOKEN_BUDGET = 8192
+# Tokens per batch (batch size x padded length). benchmarks/bench_text_encoding.py, all 4,385 Scientific texts,
+# MiniLM, 2 quiet CPU cores, items/s: 2048: 105, 4096: 87, 8192: 76 (a 1,000-text sweep: 512: 90, 1024: 87,
+# 2048: 105, 3072: 100, 16384: 78). Small batches win on CPU; pass a larger budget on a GPU (not measured here).
+DEFAULT_TOKEN_BUDGET = 2048
 POOLINGS = ("cls", "mean")
 _HUGE = 100_000  # tokenizers without a limit report model_max_length = 1e30
 
