@@ -626,7 +626,6 @@ def dataset_yaml(name, description, counts, has_text, time, source=None):
         "  inter: [user_id, item_id, timestamp]",
     ]
     if has_text:
-        lines.append("text_field: text                 # (str) column of <D>.text holding the item text")
         lines.append("text_side_file: text             # (str) suffix of the item text side file: <D>.text")
     return "\n".join(lines) + "\n"
 
