@@ -1,5 +1,4 @@
 """Shared fixtures: tiny datasets cut from the committed real data (first N users, all their rows)."""
-import os
 import sys
 from pathlib import Path
 

@@ -1,9 +1,7 @@
 """Each patch in recbole_transfer/compat.py, tested through the behaviour it fixes."""
 import os
-import sys
 
 import numpy as np
-import pytest
 import torch
 
 from recbole_transfer import compat

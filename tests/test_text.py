@@ -12,7 +12,7 @@ import torch
 
 from recbole_transfer.data import text
 
-from conftest import DATASET_DIR, FAST
+from conftest import FAST
 
 SCIENTIFIC_TEXT = (Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon2018_scientific_unisrec"
                    / "Scientific.text")
@@ -246,17 +246,12 @@ def test_resolve_plm(tmp_path):
 
 
 # --- the dataset class (needs the committed dataset/Scientific files) -------------------------------------------
-needs_dataset = pytest.mark.skipif(not (DATASET_DIR / "Scientific" / "Scientific.text").exists(),
-                                   reason="dataset/Scientific not prepared")
-
-
 def _text_config(root, cache_dir):
     from recbole_transfer.config import Config
 
     return Config("SASRec", "Scientific", config_dict=dict(FAST, data_path=str(root), text_cache_dir=cache_dir))
 
 
-@needs_dataset
 def test_dataset_matrix_aligned_with_item_ids(tiny_root, text_cache, plm):
     from recbole_transfer.data.dataset import TextSequentialDataset
 
@@ -270,7 +265,6 @@ def test_dataset_matrix_aligned_with_item_ids(tiny_root, text_cache, plm):
     assert torch.allclose(dataset.plm_embedding[picks], expected, atol=1e-5)
 
 
-@needs_dataset
 def test_dataset_rejects_text_row_for_unknown_item(tiny_root, tmp_path):
     from recbole_transfer.data.dataset import TextSequentialDataset
 
@@ -283,7 +277,6 @@ def test_dataset_rejects_text_row_for_unknown_item(tiny_root, tmp_path):
         TextSequentialDataset(_text_config(root, str(tmp_path / "cache")))
 
 
-@needs_dataset
 def test_dataset_rejects_item_without_text(tiny_root, tmp_path):
     from recbole_transfer.data.dataset import TextSequentialDataset
 
