@@ -37,11 +37,19 @@ def test_checkpoint_loads_safely_and_resumes(tiny_root, tmp_path):
         assert torch.equal(fresh.model.state_dict()[key], value)
 
 
-def test_recbole_pickled_checkpoints_are_not_what_we_write(tiny_root, tmp_path):
-    # without the patch RecBole pickles its Config object, which torch's safe loader refuses
-    from recbole.trainer.trainer import Trainer
+def test_pickled_config_is_what_breaks_safe_loading(tiny_root, tmp_path):
+    # RecBole's own checkpoints pickle the Config object; torch's default safe loader refuses them, which is why the
+    # plugin writes plain values instead
+    import pickle
 
-    assert Trainer._save_checkpoint is compat._safe_save_checkpoint
+    import pytest
+
+    config = Config("SASRec", "Scientific", config_dict=_tiny(tiny_root, tmp_path))
+    torch.save({"config": config}, tmp_path / "recbole_style.pth")
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(tmp_path / "recbole_style.pth")
+    torch.save({"config": compat.plain_config(config)}, tmp_path / "plugin_style.pth")
+    assert torch.load(tmp_path / "plugin_style.pth")["config"]["model"] == "SASRec"
 
 
 def test_collector_handles_non_accuracy_metrics(tiny_root, tmp_path):
