@@ -1,5 +1,8 @@
-"""The converter: shipped files regenerate identically, match the sources, and user data converts."""
+"""The converter: shipped files regenerate identically, match the sources, and user data converts.
+
+Every row used here comes from ../shared/data or from the committed dataset/ files made from it."""
 import csv
+import gzip
 import json
 import random
 from collections import Counter
@@ -8,7 +11,7 @@ import pytest
 
 from recbole_transfer.data import prepare
 
-from conftest import DATASET_DIR, SHARED_DATA
+from conftest import DATASET_DIR, REPO, SHARED_DATA
 
 # users / items / interactions as stated in the source READMEs under ../shared/data
 SOURCE_COUNTS = {
@@ -29,13 +32,14 @@ SCI_SOURCE = SHARED_DATA / "amazon2018_scientific_unisrec"
 
 
 def _rows(path):
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n").split("\t") for line in f][1:]
+    """TSV rows without the header line."""
+    with open(path, encoding="utf-8", newline="") as f:
+        return [line.rstrip("\r\n").split("\t") for line in f][1:]
 
 
 def _rows_nohead(path):
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n").split("\t") for line in f]
+    with open(path, encoding="utf-8", newline="") as f:
+        return [line.rstrip("\r\n").split("\t") for line in f if line.strip()]
 
 
 def _sequences(path):
@@ -45,38 +49,63 @@ def _sequences(path):
     return seqs
 
 
+@pytest.fixture(scope="module")
+def scientific():
+    """(sequences, texts) of the committed dataset/Scientific files."""
+    seqs = _sequences(DATASET_DIR / "Scientific" / "Scientific.inter")
+    texts = dict(_rows(DATASET_DIR / "Scientific" / "Scientific.text"))
+    return seqs, texts
+
+
+# --- shipped datasets --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["Scientific", "Tools"])
 def test_regeneration_is_byte_identical(name, tmp_path):
-    assert prepare.main(["--only", name, "--output_root", str(tmp_path), "--properties_dir", str(tmp_path / "p")]) == 0
+    props = tmp_path / "props"
+    assert prepare.main(["--only", name, "--output_root", str(tmp_path), "--properties_dir", str(props)]) == 0
     for suffix in ("inter", "text"):
         assert (tmp_path / name / f"{name}.{suffix}").read_bytes() == (DATASET_DIR / name / f"{name}.{suffix}").read_bytes()
-    assert not [p for p in (tmp_path / name).iterdir() if p.name.startswith(".")]
+    assert (props / f"{name}.yaml").read_bytes() == (REPO / "properties" / "dataset" / f"{name}.yaml").read_bytes()
+    # temporaries were renamed, none left behind
+    assert sorted(p.name for p in (tmp_path / name).iterdir()) == [f"{name}.inter", f"{name}.text"]
 
 
 @pytest.mark.parametrize("name", sorted(SOURCE_COUNTS))
 def test_counts_match_source_readmes(name):
     counts = prepare.dataset_counts(str(DATASET_DIR / name))
     assert (counts["users"], counts["items"], counts["interactions"]) == SOURCE_COUNTS[name]
-    assert f"| {name} | {SOURCE_COUNTS[name][0]:,} | {SOURCE_COUNTS[name][1]:,} |" in (DATASET_DIR / "README.md").read_text()
+    users, items, inters = SOURCE_COUNTS[name]
+    assert f"| {name} | {users:,} | {items:,} | {inters:,} |" in (DATASET_DIR / "README.md").read_text()
 
 
-def test_scientific_sample_matches_source_split_and_text():
-    item_of = {r[1]: r[0] for r in _rows_nohead(SCI_SOURCE / "Scientific.item2index")}
-    user_of = {r[1]: r[0] for r in _rows_nohead(SCI_SOURCE / "Scientific.user2index")}
-    valid = {user_of[u]: item_of[i] for u, _, i in _rows(SCI_SOURCE / "Scientific.valid.inter")}
-    test = {user_of[u]: item_of[i] for u, _, i in _rows(SCI_SOURCE / "Scientific.test.inter")}
-    seqs = _sequences(DATASET_DIR / "Scientific" / "Scientific.inter")
+def test_readme_is_what_the_code_counts():
+    assert (DATASET_DIR / "README.md").read_text(encoding="utf-8") == prepare.readme_text(str(DATASET_DIR))
+
+
+@pytest.mark.parametrize("name", sorted(SOURCE_COUNTS))
+def test_dataset_yaml_loads_only_inter(name):
+    text = (REPO / "properties" / "dataset" / f"{name}.yaml").read_text(encoding="utf-8")
+    assert "  inter: [user_id, item_id, timestamp]\n" in text and "TIME_FIELD: timestamp" in text
+    assert ("text_side_file: text" in text) == (DATASET_DIR / name / f"{name}.text").exists()
+
+
+def test_scientific_sample_matches_source_split_and_text(scientific):
+    seqs, shipped_text = scientific
+    item_of = {index: asin for asin, index in _rows_nohead(SCI_SOURCE / "Scientific.item2index")}
+    user_of = {index: user for user, index in _rows_nohead(SCI_SOURCE / "Scientific.user2index")}
+    valid = {user_of[u]: (h.split(), item_of[i]) for u, h, i in _rows(SCI_SOURCE / "Scientific.valid.inter")}
+    test = {user_of[u]: (h.split(), item_of[i]) for u, h, i in _rows(SCI_SOURCE / "Scientific.test.inter")}
+    source_text = {asin: text.strip() for asin, text in _rows(SCI_SOURCE / "Scientific.text")}
     for user in random.Random(0).sample(sorted(seqs), 50):
         items = [item for item, _ in seqs[user]]
-        assert items[-2] == valid[user] and items[-1] == test[user]
+        assert items[-2] == valid[user][1] and items[-1] == test[user][1]
+        # the source's test history is the last <= 50 items before the test item
+        assert items[:-1][-50:] == [item_of[i] for i in test[user][0]]
         assert [ts for _, ts in seqs[user]] == list(range(len(items)))
-    source_text = {asin: t.strip() for asin, t in _rows(SCI_SOURCE / "Scientific.text")}
-    shipped_text = dict(_rows(DATASET_DIR / "Scientific" / "Scientific.text"))
-    for asin in random.Random(1).sample(sorted(source_text), 50):
-        assert shipped_text[asin] == source_text[asin]
+        for item in items:
+            assert shipped_text[item] == source_text[item] != ""
 
 
-def test_leave_one_out_through_recbole_matches_source_split():
+def test_leave_one_out_through_recbole_matches_source_split(monkeypatch):
     """RecBole's LS/TO split on the shipped file gives the source's valid and test items."""
     import sys
 
@@ -85,12 +114,12 @@ def test_leave_one_out_through_recbole_matches_source_split():
     from recbole_transfer.config import Config
     from recbole_transfer.quick_start import create_dataset
 
-    sys.argv = ["x"]
+    monkeypatch.setattr(sys, "argv", ["x"])
     config = Config("SASRec", "Scientific", config_dict={"state": "WARNING"})
     dataset = create_dataset(config)
     _, valid_data, test_data = data_preparation(config, dataset)
-    item_of = {r[1]: r[0] for r in _rows_nohead(SCI_SOURCE / "Scientific.item2index")}
-    user_of = {r[1]: r[0] for r in _rows_nohead(SCI_SOURCE / "Scientific.user2index")}
+    item_of = {index: asin for asin, index in _rows_nohead(SCI_SOURCE / "Scientific.item2index")}
+    user_of = {index: user for user, index in _rows_nohead(SCI_SOURCE / "Scientific.user2index")}
     expected = {
         "valid": {user_of[u]: item_of[i] for u, _, i in _rows(SCI_SOURCE / "Scientific.valid.inter")},
         "test": {user_of[u]: item_of[i] for u, _, i in _rows(SCI_SOURCE / "Scientific.test.inter")},
@@ -104,71 +133,115 @@ def test_leave_one_out_through_recbole_matches_source_split():
             assert expected[phase][user] == item
 
 
-def test_abe_domains_share_users():
-    beauty = {u for u, _, _ in _rows(DATASET_DIR / "ABE_Beauty" / "ABE_Beauty.inter")}
-    electronics = {u for u, _, _ in _rows(DATASET_DIR / "ABE_Electronics" / "ABE_Electronics.inter")}
-    assert beauty == electronics and len(beauty) == 4474
+@pytest.mark.parametrize("pair", [("ABE_Beauty", "ABE_Electronics"), ("AFK_Food", "AFK_Kitchen")])
+def test_abxi_domains_share_users(pair):
+    a, b = ({u for u, _, _ in _rows(DATASET_DIR / name / f"{name}.inter")} for name in pair)
+    assert a == b and len(a) == SOURCE_COUNTS[pair[0]][0]
+    assert all(u.startswith("A") for u in a)  # raw reviewer IDs, not the source's indices
 
 
 def test_pantry_dates_become_unix_seconds():
-    # first source row: user 0, item 0, 2015-06-23 -> 1435017600 (UTC midnight)
     source = _rows(SHARED_DATA / "amazon2018_pantry_instruments_recbole_idonly" / "Pantry" / "Pantry.inter")
-    assert source[0] == ["0", "0", "2015-06-23"]
+    assert source[0] == ["0", "0", "2015-06-23"]  # the first real row: 2015-06-23 00:00 UTC = 1435017600
+    assert prepare.date_to_unix("2015-06-23") == 1435017600
     seqs = _sequences(DATASET_DIR / "Pantry" / "Pantry.inter")
     assert ("0", 1435017600.0) in seqs["0"]
     assert all(a[1] <= b[1] for s in seqs.values() for a, b in zip(s, s[1:]))
+    assert sum(len(s) for s in seqs.values()) == len(source)  # every row kept, duplicates included
 
 
 def test_recformer_user_split_kept():
     split = dict(_rows(DATASET_DIR / "Toys" / "Toys.user"))
     assert Counter(split.values()) == {"train": 17073, "heldout": 4269}
+    sports = dict(_rows(DATASET_DIR / "Sports" / "Sports.text"))
+    assert sum(1 for t in sports.values() if not t) == 3  # the three JSON NaN titles of the source
 
 
-def test_user_csv_round_trip(tmp_path):
-    seqs = _sequences(DATASET_DIR / "Scientific" / "Scientific.inter")
-    texts = dict(_rows(DATASET_DIR / "Scientific" / "Scientific.text"))
+# --- user data ---------------------------------------------------------------------------------------------------
+def test_user_csv_round_trip(tmp_path, scientific):
+    seqs, texts = scientific
     users = list(seqs)[:30]
     with open(tmp_path / "my.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["user", "item", "timestamp", "text"])
         for user in users:
             for item, ts in seqs[user]:
-                writer.writerow([user, item, ts, texts[item]])
+                writer.writerow([user, item, int(ts), texts[item]])
     out = tmp_path / "out"
     assert prepare.main(["--csv", str(tmp_path / "my.csv"), "--name", "Mine", "--output_root", str(out)]) == 0
     converted = _sequences(out / "Mine" / "Mine.inter")
     assert list(converted) == users and all(converted[u] == seqs[u] for u in users)
-    assert all(texts[item] == t for item, t in _rows(out / "Mine" / "Mine.text"))
+    items = {item for u in users for item, _ in seqs[u]}
+    assert prepare.dataset_counts(str(out / "Mine")) == {
+        "users": 30, "items": len(items), "interactions": sum(len(seqs[u]) for u in users)}
+    converted_text = dict(_rows(out / "Mine" / "Mine.text"))
+    assert set(converted_text) == items and all(texts[i] == t for i, t in converted_text.items())
 
 
-def test_amazon_raw_kcore(tmp_path):
-    # ratings and metadata derived from the real Scientific rows: position as timestamp, 5.0 as rating,
-    # title / categories / brand split back out of the real text
-    seqs = _sequences(DATASET_DIR / "Scientific" / "Scientific.inter")
-    texts = dict(_rows(DATASET_DIR / "Scientific" / "Scientific.text"))
+def _kcore(rows, k):
+    while True:
+        users, items = Counter(u for u, _ in rows), Counter(i for _, i in rows)
+        kept = [(u, i) for u, i in rows if users[u] >= k and items[i] >= k]
+        if kept == rows:
+            return rows
+        rows = kept
+
+
+def test_amazon_raw_kcore(tmp_path, scientific):
+    # The ratings and metadata files are derived from the real Scientific rows (dataset/Scientific, made from
+    # ../shared/data/amazon2018_scientific_unisrec): the position in the user's sequence is the timestamp, 5.0 the
+    # rating, and title / categories / brand are split back out of the real text ("title. categories. brand.").
+    seqs, texts = scientific
     users = list(seqs)[:1500]
     with open(tmp_path / "ratings.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         for user in users:
             for item, ts in seqs[user]:
                 writer.writerow([item, user, 5.0, int(ts)])
-    with open(tmp_path / "meta.json", "w", encoding="utf-8") as f:
-        for item in {i for u in users for i, _ in seqs[u]}:
+    items = sorted({i for u in users for i, _ in seqs[u]})
+    with gzip.open(tmp_path / "meta.json.gz", "wt", encoding="utf-8") as f:
+        for n, item in enumerate(items):
             title, _, rest = texts[item].partition(". ")
             categories, _, brand = rest.partition(". ")
-            f.write(json.dumps({"asin": item, "title": title, "category": categories.split(), "brand": brand}) + "\n")
+            record = {"asin": item, "title": title, "category": [categories], "brand": brand}
+            # every other line as a Python literal, as in the Amazon 2014 metadata files
+            f.write((json.dumps(record) if n % 2 else repr(record)) + "\n")
     out = tmp_path / "out"
-    args = ["--amazon_ratings", str(tmp_path / "ratings.csv"), "--amazon_meta", str(tmp_path / "meta.json"),
+    args = ["--amazon_ratings", str(tmp_path / "ratings.csv"), "--amazon_meta", str(tmp_path / "meta.json.gz"),
             "--name", "Sci5", "--output_root", str(out), "--kcore", "5"]
     assert prepare.main(args) == 0
-    rows = _rows(out / "Sci5" / "Sci5.inter")
+    rows = [(u, i) for u, i, _ in _rows(out / "Sci5" / "Sci5.inter")]
     assert rows
-    users_count, items_count = Counter(r[0] for r in rows), Counter(r[1] for r in rows)
+    users_count, items_count = Counter(u for u, _ in rows), Counter(i for _, i in rows)
     assert min(users_count.values()) >= 5 and min(items_count.values()) >= 5
-    assert all(t for _, t in _rows(out / "Sci5" / "Sci5.text"))
+    # exactly the 5-core (nothing more dropped than needed)
+    expected = _kcore([(u, i) for u in users for i, _ in seqs[u]], 5)
+    assert Counter(rows) == Counter(expected)
+    converted_text = dict(_rows(out / "Sci5" / "Sci5.text"))
+    assert set(converted_text) == set(items_count) and all(converted_text.values())
+    # texts with exactly title, categories and brand come back as the source wrote them
+    simple = [i for i in converted_text if texts[i].count(". ") == 2 and "  " not in texts[i]]
+    assert simple and all(converted_text[i] == texts[i] for i in simple)
 
 
+# --- errors and atomic writes ------------------------------------------------------------------------------------
 def test_missing_source_folder_is_one_line(tmp_path, capsys):
     missing = tmp_path / "nowhere"
-    assert prepare.main(["--only", "Scientific", "--source_root", str(missing)]) == 2
-    assert capsys.readouterr().err.strip() == f"prepare: source folder {missing} not found"
+    assert prepare.main(["--only", "Scientific", "--source_root", str(missing), "--output_root", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"prepare: source folder {missing} not found\n"
+    assert not (tmp_path / "Scientific").exists()
+
+
+def test_bad_arguments_are_one_line(tmp_path, capsys):
+    assert prepare.main(["--only", "Scientifc", "--output_root", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("prepare: unknown dataset 'Scientifc' (shipped: Scientific, Tools")
+    assert prepare.main(["--csv", str(tmp_path / "none.csv"), "--name", "X", "--output_root", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"prepare: source file {tmp_path / 'none.csv'} not found\n"
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError):
+        with prepare.AtomicFiles() as files:
+            files.write(str(tmp_path / "D" / "D.inter"), [prepare.INTER_HEADER])
+            raise RuntimeError("boom")
+    assert list((tmp_path / "D").iterdir()) == []
