@@ -3,6 +3,8 @@
     python run_recbole_transfer.py --model=SASRec --dataset=Scientific [--config_files="a.yaml b.yaml"] [--key=value ...]
 
 ``--nproc=N`` trains with N processes through torch.distributed (NCCL on GPUs, gloo on CPU).
+``--pretrain_datasets=A,B`` first runs the model's pretrain stage on A and B merged, then fine-tunes on --dataset
+from that checkpoint (the other --key=value pairs apply to both stages; train_stage to the fine-tuning one).
 """
 import argparse
 import sys
@@ -19,17 +21,28 @@ def main(argv=None):
     parser.add_argument("--ip", default="localhost", help="address of the rank-0 node")
     parser.add_argument("--port", default="5678", help="port of the rank-0 node")
     parser.add_argument("--group_offset", type=int, default=0, help="rank offset of this node")
+    parser.add_argument("--pretrain_datasets", default=None,
+                        help="pretrain on these datasets (A,B,...) first, then fine-tune on --dataset")
     args, overrides = parser.parse_known_args(argv)
-    # RecBole's Config reads the remaining --key=value pairs from sys.argv.
-    sys.argv = [sys.argv[0]] + overrides
 
+    from recbole_transfer.config import parse_cli_overrides
     from recbole_transfer.errors import UserInputError
-    from recbole_transfer.quick_start import run
+    from recbole_transfer.quick_start import run, run_pretrain_then_finetune
 
     config_files = args.config_files.replace(",", " ").split() if args.config_files else None
+    distributed = dict(nproc=args.nproc, world_size=args.world_size, ip=args.ip, port=args.port,
+                       group_offset=args.group_offset)
     try:
-        run(args.model, args.dataset, config_file_list=config_files, nproc=args.nproc, world_size=args.world_size,
-            ip=args.ip, port=args.port, group_offset=args.group_offset)
+        if args.pretrain_datasets:
+            # both stages get the overrides through config_dict, so each stage can set its own train_stage
+            sys.argv = [sys.argv[0]]
+            run_pretrain_then_finetune(args.model, args.dataset, args.pretrain_datasets,
+                                       config_file_list=config_files, config_dict=parse_cli_overrides(overrides),
+                                       **distributed)
+        else:
+            # RecBole's Config reads the remaining --key=value pairs from sys.argv.
+            sys.argv = [sys.argv[0]] + overrides
+            run(args.model, args.dataset, config_file_list=config_files, **distributed)
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

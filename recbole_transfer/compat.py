@@ -82,6 +82,10 @@ def _safe_save_checkpoint(self, epoch, verbose=True, **kwargs):
         "other_parameter": self.model.other_parameter(),
         "optimizer": self.optimizer.state_dict(),
     }
+    # plugin trainers add what their resume needs (e.g. RNG states) through this hook
+    extra_state = getattr(self, "extra_checkpoint_state", None)
+    if extra_state is not None:
+        state.update(extra_state())
     atomic_torch_save(state, saved_model_file)
     if verbose:
         self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
@@ -90,6 +94,15 @@ def _safe_save_checkpoint(self, epoch, verbose=True, **kwargs):
 def load_checkpoint(path, map_location="cpu"):
     """Load a checkpoint written by this plugin (safe mode: tensors and plain values only)."""
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def ddp_ignore_buffers(module, names):
+    """Large frozen tables (e.g. item text vectors) are identical on every rank by construction; DDP would
+    otherwise broadcast every buffer from rank 0 before each forward. torch's hook for this is a private static
+    method of DistributedDataParallel."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, list(names))
 
 
 # --- Collector ----------------------------------------------------------------------------------------------------
@@ -188,10 +201,23 @@ def _ensure_dir(dir_path):
     os.makedirs(dir_path, exist_ok=True)
 
 
+def silence_known_warnings():
+    """RecBole 1.2.1 fills NaNs with chained ``inplace=True`` calls and builds ``torch.cuda.amp.GradScaler``; pandas
+    2.x and torch warn on every run (FutureWarning, several lines each). With the pins (pandas < 3) the fill still
+    works, so the warnings only bury the output and break one-line error messages."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"A value is trying to be set on a copy of a DataFrame or Series "
+                            r"through chained assignment", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"`torch\.cuda\.amp\.GradScaler\(args\.\.\.\)` is deprecated",
+                            category=FutureWarning)
+
+
 def apply():
     """Apply every patch once."""
     global _APPLIED
     set_numpy_aliases()
+    silence_known_warnings()
     if _APPLIED:
         return
     import recbole.data.utils

@@ -15,6 +15,7 @@ from recbole.utils import get_environment, get_flops, init_logger, init_seed, se
 
 from recbole_transfer import registry
 from recbole_transfer.config import Config
+from recbole_transfer.errors import UserInputError
 
 
 def create_dataset(config):
@@ -48,7 +49,7 @@ def build(model=None, dataset=None, config_file_list=None, config_dict=None):
         flops = get_flops(model, data, config["device"], logger, construct_transform(config))
         logger.info(set_color("FLOPs", "blue") + f": {flops}")
 
-    trainer = registry.get_trainer_class(config["model"], config["MODEL_TYPE"])(config, model)
+    trainer = registry.get_trainer_class(config["model"], config["MODEL_TYPE"], config["train_stage"])(config, model)
     return config, model, trainer, (train_data, valid_data, test_data)
 
 
@@ -62,10 +63,14 @@ def run_recbole_transfer(model=None, dataset=None, config_file_list=None, config
     if config["resume_checkpoint"]:
         trainer.resume_checkpoint(config["resume_checkpoint"])
 
+    evaluates = getattr(trainer, "evaluates", True)  # pretraining stages train only
     best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+        train_data, valid_data if evaluates else None, saved=saved, show_progress=config["show_progress"]
     )
-    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    test_result = (
+        trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+        if evaluates else None
+    )
 
     logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
@@ -80,6 +85,8 @@ def run_recbole_transfer(model=None, dataset=None, config_file_list=None, config
         "test_result": test_result,
         "checkpoint": trainer.saved_model_file if saved else None,
     }
+    if saved and getattr(trainer, "snapshots", None):
+        result["checkpoint"] = trainer.snapshots[-1]
     if not config["single_spec"]:
         dist.destroy_process_group()
     if config["local_rank"] == 0 and queue is not None:
@@ -105,6 +112,22 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, npr
     queue = mp.get_context("spawn").SimpleQueue()
     mp.spawn(_run_rank, args=(model, dataset, config_file_list, config_dict, saved, queue), nprocs=nproc, join=True)
     return None if queue.empty() else queue.get()
+
+
+def run_pretrain_then_finetune(model, dataset, pretrain_datasets, config_file_list=None, config_dict=None, **run_args):
+    """The whole recipe: the model's pretrain stage on ``pretrain_datasets`` merged, then its fine-tuning stage
+    (``train_stage`` from the config, e.g. UniSRec's transductive_ft) on ``dataset`` from the last pretrain
+    snapshot. Returns ``(pretrain_result, finetune_result)``."""
+    name = registry.resolve_model_name(model)
+    if not registry.has_stage(name, "pretrain"):
+        raise UserInputError(f"model '{name}' has no pretrain stage; --pretrain_datasets needs one")
+    config_dict = dict(config_dict or {})
+    if config_dict.get("train_stage") == "pretrain":
+        raise UserInputError("--pretrain_datasets runs the pretrain stage itself; pass a fine-tuning train_stage")
+    pretrain_dict = dict(config_dict, train_stage="pretrain", pretrained_path=None)
+    pretrained = run(name, pretrain_datasets, config_file_list, pretrain_dict, **run_args)
+    finetune_dict = dict(config_dict, pretrained_path=pretrained["checkpoint"])
+    return pretrained, run(name, dataset, config_file_list, finetune_dict, **run_args)
 
 
 def objective_function(config_dict=None, config_file_list=None, saved=True):

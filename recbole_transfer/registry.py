@@ -30,7 +30,8 @@ class UnknownModelError(UserInputError):
 
 def register(name, model, dataset=None, trainer=None):
     """Register a plugin model. Each of ``model``/``dataset``/``trainer`` is a class or a ``"module:Class"`` path
-    (imported only when the model is used)."""
+    (imported only when the model is used). ``trainer`` may also be a dict ``{train_stage: trainer}``: stages not
+    in it use RecBole's trainer for the model type."""
     _PLUGIN_MODELS[name] = (model, dataset, trainer)
 
 
@@ -99,10 +100,27 @@ def get_dataset_class(name):
     return _load(_PLUGIN_MODELS[name][1]) if name in _PLUGIN_MODELS else None
 
 
-def get_trainer_class(name, model_type):
+def has_stage(name, train_stage):
+    """Whether a plugin model registers a trainer for ``train_stage`` (e.g. "pretrain")."""
+    trainer = _PLUGIN_MODELS.get(resolve_model_name(name), (None, None, None))[2]
+    return isinstance(trainer, dict) and train_stage in trainer
+
+
+def get_trainer_class(name, model_type, train_stage=None):
     name = resolve_model_name(name)
-    if name in _PLUGIN_MODELS and _PLUGIN_MODELS[name][2] is not None:
-        return _load(_PLUGIN_MODELS[name][2])
+    trainer = _PLUGIN_MODELS[name][2] if name in _PLUGIN_MODELS else None
+    if isinstance(trainer, dict):
+        trainer = trainer.get(train_stage)
+    if trainer is not None:
+        return _load(trainer)
     from recbole.utils import get_trainer
 
     return get_trainer(model_type, name)
+
+
+register(
+    "UniSRec",
+    "recbole_transfer.model.unisrec:UniSRec",
+    "recbole_transfer.data.dataset:TextSequentialDataset",
+    {"pretrain": "recbole_transfer.trainer.pretrain:PretrainTrainer"},
+)

@@ -2,13 +2,33 @@
 
 ``TextSequentialDataset``: a SequentialDataset whose items carry PLM vectors of their text, read from the
 ``<D>.text`` side file and encoded (and cached) by ``recbole_transfer.data.text``.
+
+Several datasets given as ``--dataset=A,B,C`` are merged in memory into one dataset: user and item tokens become
+``<domain>-<token>`` (so domains never share ids), ``item_domain[i]`` is the 1-based domain index of item ``i``
+(0 for padding) and each domain's item texts are encoded (and cached) on their own, so a merge reuses the vectors
+of single-domain runs.
 """
 import os
 
+import pandas as pd
 import torch
+import torch.distributed as dist
 from recbole.data.dataset import SequentialDataset
+from recbole.utils import FeatureSource
 
+from recbole_transfer.config import dataset_names
 from recbole_transfer.data import text
+
+
+def _rank_zero_first(fn):
+    """Run ``fn`` on rank 0 first, then on the other ranks (which then read rank 0's cache), under DDP."""
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if distributed and dist.get_rank() != 0:
+        dist.barrier()
+    result = fn()
+    if distributed and dist.get_rank() == 0:
+        dist.barrier()
+    return result
 
 
 class TextSequentialDataset(SequentialDataset):
@@ -16,41 +36,82 @@ class TextSequentialDataset(SequentialDataset):
     (row 0, the padding item, is all zeros)."""
 
     def __init__(self, config):
+        self.domains = dataset_names(config["dataset"])
         super().__init__(config)
+        self.item_domain = self._item_domains()
         self.item_texts = self._load_item_texts()
         self.plm_embedding = self.encode_item_texts()
         self.plm_size = self.plm_embedding.shape[1]
 
+    @property
+    def is_merged(self):
+        return len(self.domains) > 1
+
+    def _domain_path(self, domain):
+        return os.path.join(self.config["data_root"], domain)
+
     def _load_data(self, token, dataset_path):
-        super()._load_data(token, dataset_path)
+        if not self.is_merged:
+            super()._load_data(token, dataset_path)
+        else:
+            frames = []
+            for domain in self.domains:
+                path = os.path.join(self._domain_path(domain), f"{domain}.inter")
+                feat = self._load_feat(path, FeatureSource.INTERACTION)
+                for field in (self.uid_field, self.iid_field):
+                    feat[field] = domain + "-" + feat[field].astype(str)
+                frames.append(feat)
+            self.inter_feat = pd.concat(frames, ignore_index=True)
+            self.user_feat = None
+            self.item_feat = None
         # tokens before filtering: a text row for one of these is known even if filtering later drops the item
         self._raw_item_tokens = set(self.inter_feat[self.iid_field].tolist())
 
-    def _text_path(self):
-        return os.path.join(self.dataset_path, f"{self.dataset_name}.{self.config['text_side_file']}")
+    def _item_domains(self):
+        tokens = self.field2id_token[self.iid_field]
+        if not self.is_merged:
+            return torch.cat([torch.zeros(1, dtype=torch.long), torch.ones(len(tokens) - 1, dtype=torch.long)])
+        index = {domain: i + 1 for i, domain in enumerate(self.domains)}
+        return torch.tensor([0] + [index[str(t).split("-", 1)[0]] for t in tokens[1:]], dtype=torch.long)
+
+    def _text_file(self, domain):
+        return os.path.join(self._domain_path(domain), f"{domain}.{self.config['text_side_file']}")
 
     def _load_item_texts(self):
-        path = self._text_path()
+        item_text = {}
+        for domain in self.domains:
+            texts = text.read_item_text(self._text_file(domain))
+            item_text.update({f"{domain}-{t}": v for t, v in texts.items()} if self.is_merged else texts)
+        sources = ", ".join(os.path.basename(self._text_file(d)) for d in self.domains)
         return text.align_item_text(
-            text.read_item_text(path),
+            item_text,
             list(self.field2id_token[self.iid_field]),
             known_tokens=self._raw_item_tokens,
-            source=os.path.basename(path),
+            source=sources,
         )
 
     def encode_item_texts(self, word_drop_ratio=0.0, seed=None):
-        """PLM matrix of the item texts (cached on disk); ``word_drop_ratio`` > 0 gives the augmented variant."""
+        """PLM matrix of the item texts (cached on disk per domain); ``word_drop_ratio`` > 0 gives the augmented
+        variant (words dropped before encoding)."""
         config = self.config
-        return text.item_text_matrix(
-            self.dataset_name,
-            self.item_texts,
-            plm_name=config["plm_name"],
-            pooling=config["plm_pooling"],
-            max_length=config["plm_max_length"],
-            cache_dir=config["text_cache_dir"],
-            device=config["device"] if config["plm_device"] is None else config["plm_device"],
-            word_drop_ratio=word_drop_ratio,
-            seed=config["seed"] if seed is None else seed,
-            logger=self.logger,
-            show_progress=config["show_progress"],
-        ).to(torch.float32)
+        matrix = None
+        for domain_index, domain in enumerate(self.domains, start=1):
+            rows = (self.item_domain == domain_index).nonzero().flatten()
+            texts = [""] + [self.item_texts[i] for i in rows.tolist()]
+            vectors = _rank_zero_first(lambda: text.item_text_matrix(
+                domain,
+                texts,
+                plm_name=config["plm_name"],
+                pooling=config["plm_pooling"],
+                max_length=config["plm_max_length"],
+                cache_dir=config["text_cache_dir"],
+                device=config["device"] if config["plm_device"] is None else config["plm_device"],
+                word_drop_ratio=word_drop_ratio,
+                seed=config["seed"] if seed is None else seed,
+                logger=self.logger,
+                show_progress=config["show_progress"],
+            ))
+            if matrix is None:
+                matrix = torch.zeros(len(self.item_texts), vectors.shape[1])
+            matrix[rows] = vectors[1:].to(torch.float32)
+        return matrix
