@@ -10,7 +10,7 @@ from recbole_transfer.data.augment import item_drop
 
 PLM_SIZE = 384
 SMALL = dict(FAST, hidden_size=16, inner_size=32, n_layers=1, n_heads=2, n_exps=2, train_batch_size=64,
-             MAX_ITEM_LIST_LENGTH=20)
+             MAX_ITEM_LIST_LENGTH=20, pretrained_path=None)
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +199,8 @@ def test_mismatched_checkpoints_give_clear_errors(pretrained, data_root, tmp_pat
 def test_bad_stage_and_missing_checkpoint_are_one_line_cli_errors(data_root, tmp_path, text_cache, capsys):
     import run_recbole_transfer
 
-    args = [f"--{k}={v}" for k, v in _config(data_root, tmp_path, text_cache).items()]
+    args = [f"--{k}={v}" for k, v in _config(data_root, tmp_path, text_cache).items() if k != "pretrained_path"]
+
     def error_lines():  # (the text encoder may draw its loading bar before the error)
         return [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
 
@@ -269,3 +270,17 @@ def test_two_process_gloo_pretraining_keeps_ranks_identical(data_root, tmp_path,
     assert ranks[0]["state"].keys() == ranks[1]["state"].keys()
     for name in ranks[0]["state"]:
         assert torch.equal(ranks[0]["state"][name], ranks[1]["state"][name]), name
+
+
+def test_shipped_checkpoint_is_the_default_for_finetuning(data_root, tmp_path, text_cache):
+    from recbole_transfer.model.unisrec import SHIPPED_CHECKPOINT, resolve_pretrained_path
+    from recbole_transfer.quick_start import build
+
+    assert resolve_pretrained_path("shipped", "pretrain") is None
+    defaults = dict(data_path=str(data_root), checkpoint_dir=str(tmp_path / "saved"), text_cache_dir=text_cache,
+                    show_progress=False, log_flops=False, state="WARNING")
+    _, model, _, _ = build("UniSRec", "Scientific", config_dict=defaults)  # the yaml's own architecture
+    assert model.pretrained_path.endswith(SHIPPED_CHECKPOINT)
+    assert model.train_stage == "transductive_ft"
+    assert _trainable(model) == _moe_params(300, n_exps=8) + model.n_items * 300
+    assert os.path.getsize(model.pretrained_path) < 16 * 2**20  # small enough to ship

@@ -36,12 +36,21 @@ class PretrainedCheckpointError(UserInputError):
     pass
 
 
-def resolve_pretrained_path(value):
-    """None for "no checkpoint" (None, '', 'none'); a relative path is looked up in the working directory first,
-    then in the repository (where the shipped checkpoints live)."""
+# pretrained by this project on Electronics, Sports, Toys and Tools (pretrained/README.md has the command)
+SHIPPED_CHECKPOINT = os.path.join("pretrained", "UniSRec-Electronics,Sports,Toys,Tools.pth")
+
+
+def resolve_pretrained_path(value, train_stage):
+    """The checkpoint file to load, or None. ``shipped`` (the yaml default) is the shipped checkpoint for the
+    fine-tuning stages and nothing for pretraining; None / '' / 'none' mean no checkpoint. A relative path is looked
+    up in the working directory first, then in the repository."""
     if value is None or str(value).strip().lower() in ("", "none", "~", "null"):
         return None
     path = str(value)
+    if path == "shipped":
+        if train_stage == "pretrain":
+            return None
+        path = SHIPPED_CHECKPOINT
     for candidate in (path, os.path.join(REPO_ROOT, path)):
         if os.path.isfile(candidate):
             return candidate
@@ -115,7 +124,7 @@ class UniSRec(SequentialRecommender):
 
         # parameters initialization
         self.apply(self._init_weights)
-        self.pretrained_path = resolve_pretrained_path(config["pretrained_path"])
+        self.pretrained_path = resolve_pretrained_path(config["pretrained_path"], self.train_stage)
         if self.pretrained_path is not None:
             self.load_pretrained(self.pretrained_path)
             if self.train_stage != "pretrain" and config["freeze_encoder"]:

@@ -1,0 +1,80 @@
+"""Shared by the benchmark scripts: train one configuration in a fresh process and measure it.
+
+Each row runs in its own spawned process so its peak resident memory (ru_maxrss) is its own.
+"""
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from datetime import date
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+METRICS = ["recall@10", "ndcg@10", "recall@50", "ndcg@50"]
+
+
+def _fit(model, dataset, config_dict, queue):
+    sys.argv = sys.argv[:1]
+    from recbole_transfer.quick_start import build
+
+    config, net, trainer, (train, valid, test) = build(model, dataset, config_dict=dict(config_dict))
+    epoch_times = []
+    train_epoch = trainer._train_epoch
+
+    def timed_train_epoch(*args, **kwargs):
+        start = time.time()
+        loss = train_epoch(*args, **kwargs)
+        epoch_times.append(time.time() - start)
+        return loss
+
+    trainer._train_epoch = timed_train_epoch
+    start = time.time()
+    trainer.fit(train, valid, saved=True, show_progress=False)
+    fit_seconds = time.time() - start
+    test_result = trainer.evaluate(test, load_best_model=True)
+    queue.put({
+        "test": {k: float(test_result[k]) for k in METRICS},
+        "epochs": len(epoch_times),
+        "epoch_seconds": statistics.median(epoch_times) if epoch_times else float("nan"),
+        "fit_minutes": fit_seconds / 60,
+        "trainable": sum(p.numel() for p in net.parameters() if p.requires_grad),
+        "total": sum(p.numel() for p in net.parameters()),
+        "hidden": config["hidden_size"],
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "checkpoint": trainer.saved_model_file,
+    })
+
+
+def fit_and_measure(model, dataset, config_dict):
+    """Train ``model`` on ``dataset`` with early stopping in a fresh process; test metrics and costs."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    proc = ctx.Process(target=_fit, args=(model, dataset, config_dict, queue))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0 or queue.empty():
+        raise RuntimeError(f"{model} on {dataset} failed (exit code {proc.exitcode})")
+    return queue.get()
+
+
+def machine():
+    return f"{date.today()} {platform.node()} {platform.machine()} {os.cpu_count()} cores"
+
+
+def markdown_row(label, dataset, result):
+    t = result["test"]
+    return (
+        f"| {label} | {dataset} | {result['hidden']} | {result['trainable']:,} / {result['total']:,} | "
+        f"{result['epochs']} | " + " | ".join(f"{t[k]:.4f}" for k in METRICS)
+        + f" | {result['epoch_seconds']:.1f} | {result['fit_minutes']:.1f} | {result['peak_rss_gib']:.2f} |"
+    )
+
+
+TABLE_HEADER = (
+    "| run | dataset | hidden | trainable / total params | epochs run | R@10 | N@10 | R@50 | N@50 "
+    "| s/epoch (train, median) | total fit (min) | peak RSS (GiB) |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+)
