@@ -57,6 +57,10 @@ def atomic_torch_save(obj, path):
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        # mkstemp creates 0600 files; give the result the mode a plain open() would (0666 minus the umask)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -82,3 +82,15 @@ def test_two_process_gloo_ddp_runs_on_cpu(tiny_root, tmp_path):
     assert set(result["test_result"]) == {"recall@10", "recall@50", "ndcg@10", "ndcg@50"}
     assert all(0.0 <= v <= 1.0 for v in result["test_result"].values())
     assert os.path.isfile(result["checkpoint"])
+
+
+def test_atomic_save_leaves_a_normally_readable_file(tmp_path):
+    from recbole_transfer.compat import atomic_torch_save
+
+    path = tmp_path / "sub" / "x.pth"
+    atomic_torch_save({"w": torch.ones(2)}, str(path))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(2))
+    assert os.listdir(tmp_path / "sub") == ["x.pth"]  # no temporary file left behind

@@ -14,11 +14,11 @@ import json
 import os
 import random
 import re
-import tempfile
 
 import torch
 from tqdm import tqdm
 
+from recbole_transfer import compat
 from recbole_transfer.errors import UserInputError
 
 DEFAULT_PLM = "all-MiniLM-L6-v2"
@@ -289,16 +289,7 @@ def _load_cached(path, rows, logger):
 
 
 def _save_atomic(matrix, path):
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pt")
-    os.close(fd)
-    try:
-        torch.save(matrix, tmp)
-        os.replace(tmp, path)  # atomic: readers see the old file or the complete new one
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    compat.atomic_torch_save(matrix, path)  # readers see the old file or the complete new one
 
 
 def item_text_matrix(dataset_name, texts_aligned, plm_name=DEFAULT_PLM, pooling="cls", max_length=512,
