@@ -173,10 +173,11 @@ class UniSRec(SequentialRecommender):
         self.load_state_dict(state, strict=False)
 
     # --- item and sequence representations ----------------------------------------------------------------------
-    def adapt(self, item_ids, table):
-        """Adapted text vectors of ``item_ids`` (any shape): each distinct item goes through the adaptor once."""
-        unique, inverse = torch.unique(item_ids, return_inverse=True)
-        return self.moe_adaptor(table[unique])[inverse]
+    def adapt_distinct(self, item_ids, table):
+        """Each distinct item of ``item_ids`` through the adaptor once: ``(adapted [n_distinct, hidden], rows)``
+        with ``adapted[rows]`` the vectors of ``item_ids`` (same shape)."""
+        unique, rows = torch.unique(item_ids, return_inverse=True)
+        return self.moe_adaptor(table[unique]), rows
 
     def item_tables(self):
         """Adapted text vectors of every item [n_items, hidden], and the output item table (text + ID embedding in
@@ -206,12 +207,6 @@ class UniSRec(SequentialRecommender):
         extended_attention_mask = self.get_attention_mask(item_seq)
         output = self.trm_encoder(input_emb, extended_attention_mask, output_all_encoded_layers=True)[-1]
         return self.gather_indexes(output, item_seq_len - 1)
-
-    def seq_output(self, interaction):
-        item_seq = interaction[self.ITEM_SEQ]
-        unique, inverse = torch.unique(item_seq, return_inverse=True)
-        return self.forward(item_seq, interaction[self.ITEM_SEQ_LEN], self.moe_adaptor(self.plm_embedding[unique]),
-                            rows=inverse)
 
     # --- losses -------------------------------------------------------------------------------------------------
     def _contrastive(self, anchors, positives, same_target):
@@ -257,23 +252,23 @@ class UniSRec(SequentialRecommender):
     def calculate_loss(self, interaction):
         if self.train_stage == "pretrain":
             return self.pretrain_loss(interaction)
-        item_seq = interaction[self.ITEM_SEQ]
-        item_seq_len = interaction[self.ITEM_SEQ_LEN]
-        text_table, item_table = self.item_tables()
-        seq_output = F.normalize(self.forward(item_seq, item_seq_len, text_table), dim=-1)
-        logits = seq_output @ F.normalize(item_table, dim=-1).T / self.temperature
+        logits = self.full_sort_predict(interaction) / self.temperature
         return self.loss_fct(logits, interaction[self.POS_ITEM_ID])
 
     # --- scoring ------------------------------------------------------------------------------------------------
     def predict(self, interaction):
-        seq_output = F.normalize(self.seq_output(interaction), dim=-1)
+        item_seq = interaction[self.ITEM_SEQ]
+        table, rows = self.adapt_distinct(item_seq, self.plm_embedding)
+        seq_output = F.normalize(self.forward(item_seq, interaction[self.ITEM_SEQ_LEN], table, rows=rows), dim=-1)
         test_item = interaction[self.ITEM_ID]
-        item_emb = self.adapt(test_item, self.plm_embedding)
+        test_table, test_rows = self.adapt_distinct(test_item, self.plm_embedding)
+        item_emb = test_table[test_rows]
         if self.item_embedding is not None:
             item_emb = item_emb + self.item_embedding(test_item)
         return (seq_output * F.normalize(item_emb, dim=-1)).sum(dim=-1)
 
     def full_sort_predict(self, interaction):
+        """Cosine of the sequence vector with every item (the fine-tuning loss divides it by the temperature)."""
         item_seq = interaction[self.ITEM_SEQ]
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         text_table, item_table = self.item_tables()
