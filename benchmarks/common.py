@@ -16,7 +16,28 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 METRICS = ["recall@10", "ndcg@10", "recall@50", "ndcg@50"]
 
 
-def _fit(model, dataset, config_dict, queue):
+SAMPLED_METRICS = ["hit@5", "hit@10", "ndcg@5", "ndcg@10"]
+
+
+def _sampled_test(model, dataset, config_dict, net, trainer_class, mode):
+    """The trained ``net`` on the same test users, ranked against sampled negatives (``mode``, e.g. uni100)."""
+    from recbole.data import data_preparation
+    from recbole.utils import init_seed
+
+    from recbole_transfer.config import Config
+    from recbole_transfer.quick_start import create_dataset
+
+    eval_args = {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user",
+                 "mode": {"valid": "full", "test": mode}}
+    config = Config(model=model, dataset=dataset, config_dict=dict(
+        config_dict, eval_args=eval_args, metrics=["Hit", "NDCG"], topk=[5, 10], valid_metric="NDCG@10"))
+    init_seed(config["seed"], config["reproducibility"])  # the same negatives for every model
+    _, _, test = data_preparation(config, create_dataset(config))
+    result = trainer_class(config, net).evaluate(test, load_best_model=False)
+    return {k: float(result[k]) for k in SAMPLED_METRICS}
+
+
+def _fit(model, dataset, config_dict, queue, sampled=None):
     sys.argv = sys.argv[:1]
     from recbole_transfer.quick_start import build
 
@@ -35,8 +56,10 @@ def _fit(model, dataset, config_dict, queue):
     trainer.fit(train, valid, saved=True, show_progress=False)
     fit_seconds = time.time() - start
     test_result = trainer.evaluate(test, load_best_model=True)
+    sampled_result = _sampled_test(model, dataset, config_dict, net, type(trainer), sampled) if sampled else None
     queue.put({
         "test": {k: float(test_result[k]) for k in METRICS},
+        "sampled": sampled_result,
         "epochs": len(epoch_times),
         "epoch_seconds": statistics.median(epoch_times) if epoch_times else float("nan"),
         "fit_minutes": fit_seconds / 60,
@@ -48,11 +71,12 @@ def _fit(model, dataset, config_dict, queue):
     })
 
 
-def fit_and_measure(model, dataset, config_dict):
-    """Train ``model`` on ``dataset`` with early stopping in a fresh process; test metrics and costs."""
+def fit_and_measure(model, dataset, config_dict, sampled=None):
+    """Train ``model`` on ``dataset`` with early stopping in a fresh process; test metrics and costs.
+    ``sampled`` (e.g. "uni100") also ranks the best model's test users against sampled negatives."""
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
-    proc = ctx.Process(target=_fit, args=(model, dataset, config_dict, queue))
+    proc = ctx.Process(target=_fit, args=(model, dataset, config_dict, queue, sampled))
     proc.start()
     proc.join()
     if proc.exitcode != 0 or queue.empty():

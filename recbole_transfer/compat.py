@@ -215,6 +215,8 @@ def silence_known_warnings():
                             r"through chained assignment", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"`torch\.cuda\.amp\.GradScaler\(args\.\.\.\)` is deprecated",
                             category=FutureWarning)
+    # peft 0.21 reads transformers' deprecated ``is_gradient_checkpointing`` when it wraps a model (LoRA)
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def apply():

@@ -40,6 +40,21 @@ def parse_cli_overrides(args):
     return parsed
 
 
+def is_unset(value):
+    """Whether a path-like config value means "nothing" (None, '', none, null, ~)."""
+    return value is None or str(value).strip().lower() in ("", "none", "~", "null")
+
+
+def find_path(path, folder=False):
+    """``path`` as given (relative to the working directory) or else relative to the repository; None if neither
+    exists (as a folder when ``folder``, else as a file)."""
+    exists = os.path.isdir if folder else os.path.isfile
+    for candidate in (str(path), os.path.join(REPO_ROOT, str(path))):
+        if exists(candidate):
+            return candidate
+    return None
+
+
 def dataset_names(dataset):
     """``'A,B,C'`` -> ``['A', 'B', 'C']`` (several names mean a multi-domain merge)."""
     return [name.strip() for name in str(dataset).split(",") if name.strip()]

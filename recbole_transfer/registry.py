@@ -124,3 +124,11 @@ register(
     "recbole_transfer.data.dataset:TextSequentialDataset",
     {"pretrain": "recbole_transfer.trainer.pretrain:PretrainTrainer"},
 )
+register(
+    "BehaviorTuning",
+    "recbole_transfer.model.plm_init:BehaviorTuning",
+    "recbole_transfer.data.dataset:BehaviorTuningDataset",
+    "recbole_transfer.trainer.lm:BehaviorTuningTrainer",
+)
+for _name in ("PLMInitSASRec", "PLMInitBERT4Rec"):
+    register(_name, f"recbole_transfer.model.plm_init:{_name}", "recbole_transfer.data.dataset:PLMInitDataset")

@@ -10,6 +10,7 @@ of single-domain runs.
 """
 import os
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
@@ -33,15 +34,23 @@ def _rank_zero_first(fn):
 
 class TextSequentialDataset(SequentialDataset):
     """``self.plm_embedding``: float tensor [item_num, plm_size] aligned with ``field2id_token[item_id]``
-    (row 0, the padding item, is all zeros)."""
+    (row 0, the padding item, is all zeros) from the encoder ``text_encoder()`` names; None when it names none.
+    ``self.item_texts``: the aligned texts (None when neither vectors nor ``reads_item_text`` need them)."""
+
+    reads_item_text = False  # True: load the texts even when no vectors are needed
 
     def __init__(self, config):
         self.domains = dataset_names(config["dataset"])
         super().__init__(config)
         self.item_domain = self._item_domains()
-        self.item_texts = self._load_item_texts()
-        self.plm_embedding = self.encode_item_texts()
-        self.plm_size = self.plm_embedding.shape[1]
+        encoder = self.text_encoder()
+        self.item_texts = self._load_item_texts() if encoder or self.reads_item_text else None
+        self.plm_embedding = self.encode_item_texts() if encoder else None
+        self.plm_size = None if self.plm_embedding is None else self.plm_embedding.shape[1]
+
+    def text_encoder(self):
+        """The encoder whose item vectors this dataset carries (a name or folder), or None for no vectors."""
+        return self.config["plm_name"]
 
     @property
     def is_merged(self):
@@ -101,7 +110,7 @@ class TextSequentialDataset(SequentialDataset):
             vectors = _rank_zero_first(lambda: text.item_text_matrix(
                 domain,
                 texts,
-                plm_name=config["plm_name"],
+                plm_name=self.text_encoder(),
                 pooling=config["plm_pooling"],
                 max_length=config["plm_max_length"],
                 cache_dir=config["text_cache_dir"],
@@ -115,3 +124,47 @@ class TextSequentialDataset(SequentialDataset):
                 matrix = torch.zeros(len(self.item_texts), vectors.shape[1])
             matrix[rows] = vectors[1:].to(torch.float32)
         return matrix
+
+
+class BehaviorTuningDataset(TextSequentialDataset):
+    """Item texts without vectors, for tuning the encoder itself. The training split keeps each user's last
+    ``prefixes_per_user`` training examples (0 keeps all), then at most ``max_train_examples`` of them (a seeded
+    random subset; 0 = no limit). Validation and test stay RecBole's leave-one-out rows, and the trainer never
+    reads them, so nothing after a user's training interactions is seen."""
+
+    reads_item_text = True
+
+    def text_encoder(self):
+        return None
+
+    def build(self):
+        datasets = super().build()
+        keep = self.config["prefixes_per_user"]
+        if keep:
+            users = datasets[0].inter_feat[self.uid_field].numpy()
+            order = np.argsort(users, kind="stable")  # rows of one user stay in time order
+            sorted_users = users[order]
+            last = np.r_[sorted_users[1:] != sorted_users[:-1], True]  # a user's last row in the sorted order
+            # rows from the end of the user's group: 0 for the last, 1 for the one before, ...
+            end_index = np.minimum.accumulate(np.where(last, np.arange(len(order)), len(order))[::-1])[::-1]
+            from_end = end_index - np.arange(len(order))
+            rows = np.sort(order[from_end < int(keep)])
+        else:
+            rows = np.arange(len(datasets[0].inter_feat))
+        limit = self.config["max_train_examples"]
+        if limit and len(rows) > int(limit):  # a seeded random subset, in the original order
+            rng = np.random.default_rng(self.config["seed"])
+            rows = np.sort(rng.choice(rows, size=int(limit), replace=False))
+        if len(rows) < len(datasets[0].inter_feat):
+            train = datasets[0]
+            datasets[0] = train.copy(train.inter_feat[torch.from_numpy(rows)])
+        return datasets
+
+
+class PLMInitDataset(TextSequentialDataset):
+    """Items carry the vectors of the encoder ``init_type`` selects (none: no text is read at all)."""
+
+    def text_encoder(self):
+        from recbole_transfer.model.plm_init import init_encoder_name
+
+        return init_encoder_name(self.config)

@@ -123,11 +123,44 @@ def _folder_max_length(path):
     return min(limits) if limits else None
 
 
+def adapter_base(path):
+    """The base encoder named by a peft LoRA folder (``adapter_config.json``), or None for any other folder."""
+    config = _read_json(os.path.join(path, "adapter_config.json")) if os.path.isdir(path) else {}
+    return config.get("base_model_name_or_path") if config else None
+
+
+def plm_hidden_size(plm_name):
+    """Width of an encoder's vectors, read from its config (no weights loaded)."""
+    from transformers import AutoConfig
+
+    path = resolve_plm(plm_name)
+    base = adapter_base(path)
+    if base is not None:
+        return plm_hidden_size(base)
+    try:
+        return int(AutoConfig.from_pretrained(path).hidden_size)
+    except Exception:
+        raise ItemTextError(f"cannot read the config of plm_name={plm_name} offline") from None
+
+
 def load_plm(plm_name, device="cpu"):
-    """``(tokenizer, model)`` in eval mode; a clear one-line error when the encoder cannot be loaded offline."""
+    """``(tokenizer, model)`` in eval mode; a clear one-line error when the encoder cannot be loaded offline.
+
+    A peft LoRA folder (``save_pretrained`` of a LoRA model, e.g. a behavior-tuned encoder) loads its base encoder
+    and merges the adapter in, so encoding costs what the base costs."""
     from transformers import AutoModel, AutoTokenizer
 
     path = resolve_plm(plm_name)
+    base = adapter_base(path)
+    if base is not None:
+        from peft import PeftModel
+
+        tokenizer, model = load_plm(base, device="cpu")
+        try:
+            model = PeftModel.from_pretrained(model, path).merge_and_unload()
+        except Exception as err:
+            raise ItemTextError(f"cannot load the LoRA adapter in {path} ({type(err).__name__})") from None
+        return tokenizer, model.to(device).eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModel.from_pretrained(path)
@@ -236,7 +269,7 @@ def _plm_identity(plm_name):
     path = resolve_plm(plm_name)
     identity = {"plm": name}
     if os.path.isdir(path):
-        for file in ("config.json", "adapter_config.json", "tokenizer.json", "vocab.txt",
+        for file in ("config.json", "adapter_config.json", "behavior_tuning.json", "tokenizer.json", "vocab.txt",
                      "model.safetensors", "adapter_model.safetensors", "pytorch_model.bin"):
             full = os.path.join(path, file)
             if not os.path.isfile(full):
@@ -251,7 +284,9 @@ def _plm_identity(plm_name):
 
 
 def _effective_max_length(plm_name, max_length):
-    limit = _folder_max_length(resolve_plm(plm_name))
+    path = resolve_plm(plm_name)
+    base = adapter_base(path)
+    limit = _folder_max_length(path if base is None else resolve_plm(base))
     return int(max_length) if limit is None else min(int(max_length), limit)
 
 

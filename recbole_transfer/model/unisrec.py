@@ -26,7 +26,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.layers import TransformerEncoder
 
 from recbole_transfer import compat
-from recbole_transfer.config import REPO_ROOT
+from recbole_transfer.config import find_path, is_unset
 from recbole_transfer.data.augment import item_drop
 from recbole_transfer.errors import UserInputError
 from recbole_transfer.model.layers import MoEAdaptor, length_buckets
@@ -44,17 +44,17 @@ def resolve_pretrained_path(value, train_stage):
     """The checkpoint file to load, or None. ``shipped`` (the yaml default) is the shipped checkpoint for the
     fine-tuning stages and nothing for pretraining; None / '' / 'none' mean no checkpoint. A relative path is looked
     up in the working directory first, then in the repository."""
-    if value is None or str(value).strip().lower() in ("", "none", "~", "null"):
+    if is_unset(value):
         return None
     path = str(value)
     if path == "shipped":
         if train_stage == "pretrain":
             return None
         path = SHIPPED_CHECKPOINT
-    for candidate in (path, os.path.join(REPO_ROOT, path)):
-        if os.path.isfile(candidate):
-            return candidate
-    raise PretrainedCheckpointError(f"pretrained_path '{path}' not found")
+    found = find_path(path)
+    if found is None:
+        raise PretrainedCheckpointError(f"pretrained_path '{path}' not found")
+    return found
 
 
 class UniSRec(SequentialRecommender):
