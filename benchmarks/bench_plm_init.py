@@ -68,9 +68,11 @@ def row(label, dataset, result):
 def runs_for(model, pt, ft, common):
     """label -> (model name, config) for one backbone, in the order they must run (further-train rows get the
     FT freeze checkpoint when they run)."""
-    runs = {f"{model} (stock RecBole, hidden 64)": (model, dict(common, hidden_size=64)),
-            f"{model} none (random, hidden 384)": (f"PLMInit{model}", dict(common, init_type="none",
-                                                                          embedding_mode="trainable"))}
+    hidden = common.get("hidden_size")
+    runs = {f"{model} (stock RecBole, hidden {hidden or 64})": (model, dict(common, hidden_size=hidden or 64))}
+    if not hidden:  # at the encoder's width, random init is another run (at a set width it is the stock row)
+        runs[f"{model} none (random, encoder width)"] = (f"PLMInit{model}", dict(common, init_type="none",
+                                                                                embedding_mode="trainable"))
     for short, init_type in INITS.items():
         path = {"PT": pt, "FT": ft}.get(short)
         for mode in ("freeze", "trainable"):

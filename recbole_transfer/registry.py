@@ -132,3 +132,4 @@ register(
 )
 for _name in ("PLMInitSASRec", "PLMInitBERT4Rec"):
     register(_name, f"recbole_transfer.model.plm_init:{_name}", "recbole_transfer.data.dataset:PLMInitDataset")
+register("PeterRec", "recbole_transfer.model.peterrec:PeterRec")

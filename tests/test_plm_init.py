@@ -107,7 +107,7 @@ def test_tuned_encoder_folder(tuned):
     with open(os.path.join(tuned, "behavior_tuning.json"), encoding="utf-8") as f:
         info = json.load(f)
     assert info["datasets"] == ["Scientific"] and info["plm_tuning"] == "lora" and info["epochs"] == 1
-    assert info["train_examples_per_epoch"] == 32
+    assert info["train_examples_per_epoch"] == 32 and info["item_max_length"] == TUNE["bt_item_max_length"] + 2
     assert os.path.isfile(os.path.join(tuned, "adapter_config.json"))
     assert not [f for f in os.listdir(os.path.dirname(tuned)) if f.startswith(".tmp-")]
 
@@ -126,8 +126,9 @@ def test_item_rows_equal_encoder_vectors(data_root, text_cache, tmp_path, tuned)
         tokens = dataset.field2id_token["item_id"]
         picks = [1, 7, len(tokens) // 2, len(tokens) - 1]
         tokenizer, encoder = text.load_plm(tuned)
+        # encoded as the tuning saw items: bt_item_max_length tokens + [CLS] and [SEP]
         expected = text.encode_texts([texts[tokens[i]] for i in picks], tokenizer, encoder, show_progress=False,
-                                     max_length=config["plm_max_length"])
+                                     max_length=TUNE["bt_item_max_length"] + 2)
         assert torch.allclose(model.item_embedding.weight[picks].detach(), expected, atol=1e-4)
         vanilla_tokenizer, vanilla = text.load_plm(config["plm_name"])
         plain = text.encode_texts([texts[tokens[i]] for i in picks], vanilla_tokenizer, vanilla, show_progress=False)

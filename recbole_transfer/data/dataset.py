@@ -52,6 +52,10 @@ class TextSequentialDataset(SequentialDataset):
         """The encoder whose item vectors this dataset carries (a name or folder), or None for no vectors."""
         return self.config["plm_name"]
 
+    def text_max_length(self):
+        """Token limit of one item text when encoding it."""
+        return self.config["plm_max_length"]
+
     @property
     def is_merged(self):
         return len(self.domains) > 1
@@ -112,7 +116,7 @@ class TextSequentialDataset(SequentialDataset):
                 texts,
                 plm_name=self.text_encoder(),
                 pooling=config["plm_pooling"],
-                max_length=config["plm_max_length"],
+                max_length=self.text_max_length(),
                 cache_dir=config["text_cache_dir"],
                 device=config["device"] if config["plm_device"] is None else config["plm_device"],
                 word_drop_ratio=word_drop_ratio,
@@ -168,3 +172,9 @@ class PLMInitDataset(TextSequentialDataset):
         from recbole_transfer.model.plm_init import init_encoder_name
 
         return init_encoder_name(self.config)
+
+    def text_max_length(self):
+        """A behavior-tuned encoder encodes items as long as it saw them in tuning."""
+        from recbole_transfer.model.plm_init import encoder_item_max_length
+
+        return encoder_item_max_length(self.text_encoder(), self.config["plm_max_length"])

@@ -3,6 +3,9 @@
 ``PWLayer`` and ``MoEAdaptor``: UniSRec's parametric whitening and mixture-of-experts adaptor (Hou et al., KDD 2022,
 Eq. 2-4): x~ = (x - b) W1 per expert, v = sum_k g_k x~(k), g = softmax(x W2 + delta), delta = N(0, 1) *
 softplus(x W3) while training only.
+
+``ModelPatch``: PeterRec's model patch (Yuan et al., SIGIR 2020, Eq. 9), x + up(relu(down(x))) with a k -> k/ratio
+bottleneck; ``delta`` is the branch without the shortcut, for parallel insertion.
 """
 import torch
 import torch.nn as nn
@@ -62,3 +65,24 @@ def length_buckets(item_seq_len, max_len):
         if rows.numel():
             yield rows, high
         low, width = high, width * 2
+
+
+class ModelPatch(nn.Module):
+    """x + up(relu(down(x))) over the channel axis (a 1x1 convolution is a linear map per position).
+
+    ``up`` starts near zero, so a freshly inserted patch is close to the identity (serial insertion) or adds close
+    to nothing (parallel insertion) and fine-tuning starts from the pretrained function."""
+
+    def __init__(self, channels, ratio=8, init_std=1e-3):
+        super().__init__()
+        bottleneck = max(1, channels // int(ratio))
+        self.down = nn.Linear(channels, bottleneck)
+        self.up = nn.Linear(bottleneck, channels)
+        nn.init.normal_(self.up.weight, std=init_std)
+        nn.init.zeros_(self.up.bias)
+
+    def delta(self, x):
+        return self.up(F.relu(self.down(x)))
+
+    def forward(self, x):
+        return x + self.delta(x)

@@ -86,6 +86,16 @@ def init_encoder_name(config):
     return folder
 
 
+def encoder_item_max_length(encoder, default):
+    """Token limit for encoding items with ``encoder``: what a behavior-tuned folder saw per item in tuning (item
+    texts there are cut at ``bt_item_max_length``), else ``default``."""
+    info_file = os.path.join(str(encoder), TUNING_INFO)
+    if encoder is None or not os.path.isfile(info_file):
+        return default
+    with open(info_file, encoding="utf-8") as f:
+        return int(json.load(f).get("item_max_length", default))
+
+
 def _atomic_folder(write, folder):
     """``write(tmp_folder)`` then swap it in place of ``folder``: readers see the old folder or the new one."""
     parent = os.path.dirname(os.path.abspath(folder))
@@ -205,6 +215,7 @@ class BehaviorTuning(SequentialRecommender):
             "plm_pooling": self.pooling,
             "datasets": dataset_names(self.config["dataset"]),
             "init_plm_path": self.init_plm_path,
+            "item_max_length": self.item_max_length + 2,  # tokens per item text with [CLS] and [SEP]
             "tuned_on": "training split (RecBole leave-one-out; validation and test interactions never read)",
             "created": time.strftime("%Y-%m-%d %H:%M:%S"),
             **extra_info,
