@@ -60,6 +60,21 @@ def dataset_names(dataset):
     return [name.strip() for name in str(dataset).split(",") if name.strip()]
 
 
+def recbole_example_data():
+    """The folder inside the installed recbole package that holds its example datasets (ml-100k)."""
+    import recbole
+
+    return os.path.join(os.path.dirname(recbole.__file__), "dataset_example")
+
+
+def dataset_folder(name, data_path=DATASET_DIR):
+    """Where dataset ``name`` lives: ``<data_path>/<name>``, or RecBole's copy for its built-in example datasets."""
+    folder = os.path.join(data_path, name)
+    if name in RECBOLE_BUILTIN_DATASETS and not os.path.isfile(os.path.join(folder, f"{name}.inter")):
+        folder = os.path.join(recbole_example_data(), name)
+    return folder
+
+
 def available_datasets(data_path=DATASET_DIR):
     if not os.path.isdir(data_path):
         return []
@@ -114,9 +129,15 @@ class Config(RecBoleConfig):
                     self.parameters["Dataset"] += [k for k in loaded if k not in self.parameters["Dataset"]]
 
     def _set_default_parameters(self):
+        # a model whose stages are of different RecBole types (e.g. sequential pretraining, general fine-tuning)
+        stage_type = getattr(self.model_class, "stage_model_type", None)
+        if stage_type is not None:
+            self.final_config_dict["MODEL_TYPE"] = stage_type(self.final_config_dict.get("train_stage"))
         data_root = self.final_config_dict["data_path"]
         for name in dataset_names(self.dataset):
             if name in RECBOLE_BUILTIN_DATASETS:
+                if not os.path.isfile(os.path.join(data_root, name, f"{name}.inter")):
+                    data_root = self.final_config_dict["data_path"] = recbole_example_data()
                 continue
             if not os.path.isfile(os.path.join(data_root, name, f"{name}.inter")):
                 known = available_datasets(data_root) + list(RECBOLE_BUILTIN_DATASETS)

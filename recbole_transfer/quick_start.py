@@ -20,7 +20,7 @@ from recbole_transfer.errors import UserInputError
 
 def create_dataset(config):
     """The model's plugin dataset class if it has one, else RecBole's choice for the model type."""
-    dataset_class = registry.get_dataset_class(config["model"])
+    dataset_class = registry.get_dataset_class(config["model"], config["train_stage"])
     if dataset_class is None:
         return recbole_create_dataset(config)
     return dataset_class(config)

@@ -30,8 +30,8 @@ class UnknownModelError(UserInputError):
 
 def register(name, model, dataset=None, trainer=None):
     """Register a plugin model. Each of ``model``/``dataset``/``trainer`` is a class or a ``"module:Class"`` path
-    (imported only when the model is used). ``trainer`` may also be a dict ``{train_stage: trainer}``: stages not
-    in it use RecBole's trainer for the model type."""
+    (imported only when the model is used). ``dataset`` and ``trainer`` may also be dicts ``{train_stage: ...}``:
+    stages not in them use RecBole's choice for the model type."""
     _PLUGIN_MODELS[name] = (model, dataset, trainer)
 
 
@@ -94,10 +94,14 @@ def get_model_class(name):
     return get_model(name)
 
 
-def get_dataset_class(name):
-    """The plugin dataset class of a model, or None (then RecBole's ``create_dataset`` picks the stock one)."""
+def get_dataset_class(name, train_stage=None):
+    """The plugin dataset class of a model (for ``train_stage``), or None (then RecBole's ``create_dataset`` picks
+    the stock one)."""
     name = resolve_model_name(name)
-    return _load(_PLUGIN_MODELS[name][1]) if name in _PLUGIN_MODELS else None
+    dataset = _PLUGIN_MODELS[name][1] if name in _PLUGIN_MODELS else None
+    if isinstance(dataset, dict):
+        dataset = dataset.get(train_stage)
+    return _load(dataset)
 
 
 def has_stage(name, train_stage):
@@ -132,4 +136,9 @@ register(
 )
 for _name in ("PLMInitSASRec", "PLMInitBERT4Rec"):
     register(_name, f"recbole_transfer.model.plm_init:{_name}", "recbole_transfer.data.dataset:PLMInitDataset")
-register("PeterRec", "recbole_transfer.model.peterrec:PeterRec")
+register(
+    "PeterRec",
+    "recbole_transfer.model.peterrec:PeterRec",
+    {"finetune": "recbole_transfer.data.dataset:TargetTaskDataset"},
+    {"finetune": "recbole_transfer.trainer.finetune:TargetTaskTrainer"},
+)

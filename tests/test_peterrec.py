@@ -92,3 +92,144 @@ def test_unknown_insertion_is_one_line(data_root, tmp_path):
         _build(data_root, tmp_path, patch_insertion="serial_x")
     assert str(err.value) == ("patch_insertion must be one of none, serial_b, serial_c, parallel_d, parallel_e; "
                               "got 'serial_x'")
+
+
+# --- fine-tuning --------------------------------------------------------------------------------------------------
+TASK = "properties/task/beauty_to_electronics.yaml"
+
+
+@pytest.fixture(scope="module")
+def pair_root(tmp_path_factory):
+    """The first users of the Beauty/Electronics pair (the same users in both)."""
+    root = tmp_path_factory.mktemp("peterrec_pair")
+    cut_users("ABE_Beauty", 300, root)
+    cut_users("ABE_Electronics", 300, root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pretrained(pair_root, tmp_path_factory):
+    """Causal pretraining on the Beauty side, one epoch."""
+    import sys
+
+    from recbole_transfer.quick_start import run_recbole_transfer
+
+    saved = tmp_path_factory.mktemp("peterrec_saved")
+    with pytest.MonkeyPatch.context() as patch:  # module scope: clean_argv has not run yet
+        patch.setattr(sys, "argv", ["run_recbole_transfer.py"])
+        patch.chdir(saved)
+        result = run_recbole_transfer("PeterRec", "ABE_Beauty", config_dict=dict(
+            SMALL, data_path=str(pair_root), checkpoint_dir=str(saved), epochs=1))
+    return result["checkpoint"]
+
+
+def _finetune(pair_root, tmp_path, pretrained, **extra):
+    from recbole_transfer.config import REPO_ROOT
+    from recbole_transfer.quick_start import build
+
+    return build("PeterRec", "ABE_Electronics", config_file_list=[f"{REPO_ROOT}/{TASK}"], config_dict=dict(
+        SMALL, data_path=str(pair_root), checkpoint_dir=str(tmp_path / "saved"), pretrained_path=pretrained,
+        **extra))
+
+
+def _trainable(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_peterrec_mode_keeps_pretrained_weights_bit_identical(pair_root, tmp_path, pretrained):
+    config, model, trainer, (train, valid, _) = _finetune(pair_root, tmp_path, pretrained,
+                                                          patch_insertion="parallel_d")
+    saved = torch.load(pretrained, weights_only=True)["state_dict"]
+    frozen = {k: v for k, v in model.state_dict().items() if k.split(".")[0] in ("item_embedding", "blocks")
+              and ".patches." not in k and ".ln" not in k}
+    assert frozen and all(torch.equal(v, saved[k]) for k, v in frozen.items())  # loaded from pretraining
+    patches = {k: v.clone() for k, v in model.state_dict().items() if ".patches." in k}
+    losses = [trainer._train_epoch(train, epoch) for epoch in range(3)]
+    assert losses[-1] < losses[0]
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in frozen.items())
+    assert any(not torch.equal(after[k], v) for k, v in patches.items())
+
+
+def test_trainable_counts_per_mode(pair_root, tmp_path, pretrained):
+    k, blocks, bottleneck = SMALL["hidden_size"], len(SMALL["dilations"]), SMALL["hidden_size"] // 8
+    conv, ln = k * k * 3 + k, 2 * k
+    patch = k * bottleneck + bottleneck + bottleneck * k + k
+    counts = {}
+    for mode in ("peterrec", "fine_all", "fine_cls", "fine_last", "peter_zero"):
+        _, model, _, (train, _, _) = _finetune(pair_root, tmp_path, pretrained, finetune_mode=mode,
+                                               patch_insertion="serial_c")
+        counts[mode] = (_trainable(model), sum(p.numel() for p in model.parameters()))
+        labels = train._dataset.item_num
+    head = k * labels + labels + k  # linear head + [TCL]
+    assert counts["peterrec"][0] == counts["peter_zero"][0] == blocks * (patch + 2 * ln) + head
+    assert counts["fine_cls"][0] == head
+    assert counts["fine_last"][0] == 2 * (conv + ln) + head
+    assert counts["fine_all"][0] == counts["fine_all"][1]  # no patches in the baselines
+    assert counts["peterrec"][1] == counts["fine_all"][1] + blocks * patch
+
+
+def test_fresh_patches_keep_the_pretrained_user_states(pair_root, tmp_path, pretrained):
+    _, patched, _, _ = _finetune(pair_root, tmp_path, pretrained, patch_insertion="serial_b")
+    _, plain, _, _ = _finetune(pair_root, tmp_path, pretrained, finetune_mode="fine_all")
+    plain.tcl_embedding.data.copy_(patched.tcl_embedding.data)
+    users = torch.arange(1, 33)
+    with torch.no_grad():
+        reference = plain.user_representation(users)
+        assert (patched.user_representation(users) - reference).abs().max() < 0.05 * reference.abs().max()
+
+
+def test_profile_labels_align_with_users(tmp_path):
+    """ml-100k gender: every training row's label is that user's gender in ml-100k.user."""
+    import os
+
+    from recbole_transfer.config import REPO_ROOT, recbole_example_data
+    from recbole_transfer.data.dataset import read_atomic
+    from recbole_transfer.quick_start import build
+
+    config, model, trainer, (train, valid, test) = build(
+        "PeterRec", "ml-100k", config_file_list=[f"{REPO_ROOT}/properties/task/ml100k_age.yaml"],
+        config_dict=dict(SMALL, finetune_mode="peter_zero", checkpoint_dir=str(tmp_path / "saved")))
+    users = read_atomic(os.path.join(recbole_example_data(), "ml-100k", "ml-100k.user"), ["user_id", "age"])
+    age = dict(zip(users["user_id"], users["age"].astype(int)))
+    dataset = train._dataset
+    rows = dataset.inter_feat
+    n_rows = len(rows) + len(valid._dataset.inter_feat) + len(test._dataset.inter_feat)
+    assert n_rows == 943  # one row per user, split 80/10/10
+    for user_id, label_id in zip(rows["user_id"].tolist(), rows["item_id"].tolist()):
+        years = age[dataset.id2token("user_id", user_id)]
+        bracket = dataset.id2token("item_id", label_id)
+        low = 0 if bracket.startswith("<") else int(bracket.rstrip("+").split("-")[0])
+        high = int(bracket[1:]) - 1 if bracket.startswith("<") else (
+            200 if bracket.endswith("+") else int(bracket.split("-")[1]))
+        assert low <= years <= high, (years, bracket)
+    # the input sequences are the same users' movie histories
+    histories = read_atomic(os.path.join(recbole_example_data(), "ml-100k", "ml-100k.inter"), ["user_id"])
+    counts = histories["user_id"].value_counts()
+    for user_id in rows["user_id"].tolist()[:20]:
+        token = dataset.id2token("user_id", user_id)
+        assert (model.user_sequences[user_id] > 0).sum() == min(counts[token], SMALL["MAX_ITEM_LIST_LENGTH"] - 1)
+
+
+def test_profile_task_trains_and_reports_accuracy(tmp_path):
+    from recbole_transfer.config import REPO_ROOT
+    from recbole_transfer.quick_start import run_recbole_transfer
+
+    result = run_recbole_transfer("PeterRec", "ml-100k", config_file_list=[
+        f"{REPO_ROOT}/properties/task/ml100k_gender.yaml"], config_dict=dict(
+        SMALL, finetune_mode="peter_zero", epochs=3, checkpoint_dir=str(tmp_path / "saved")))
+    test = result["test_result"]
+    assert set(test) == {"accuracy", "macro_f1", "labelcs_accuracy", "labelcs_macro_f1"}
+    assert 0.6 < test["labelcs_accuracy"] < 0.8  # ml-100k is about 71% male
+    assert test["labelcs_macro_f1"] < 0.5  # one class predicted: F1 of the other is 0
+
+
+def test_finetune_errors(pair_root, tmp_path, pretrained):
+    from recbole_transfer.errors import UserInputError
+
+    with pytest.raises(UserInputError) as err:
+        _finetune(pair_root, tmp_path, None)
+    assert str(err.value) == "finetune_mode=peterrec needs pretrained_path (a PeterRec pretraining checkpoint)"
+    with pytest.raises(UserInputError) as err:
+        _finetune(pair_root, tmp_path, pretrained, causal=False)
+    assert str(err.value) == f"pretrained_path '{pretrained}' does not fit this model: causal=True there, False here"

@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-from recbole.data.dataset import SequentialDataset
+from recbole.data.dataset import Dataset, SequentialDataset
 from recbole.utils import FeatureSource
 
-from recbole_transfer.config import dataset_names
+from recbole_transfer.config import dataset_folder, dataset_names
+from recbole_transfer.errors import UserInputError
 from recbole_transfer.data import text
 
 
@@ -178,3 +179,62 @@ class PLMInitDataset(TextSequentialDataset):
         from recbole_transfer.model.plm_init import encoder_item_max_length
 
         return encoder_item_max_length(self.text_encoder(), self.config["plm_max_length"])
+
+
+def read_atomic(path, columns):
+    """Named columns of an atomic file as strings (header ``name:type``), read without RecBole's processing."""
+    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
+    frame.columns = [c.split(":", 1)[0] for c in frame.columns]
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise UserInputError(f"{path} has no column {missing[0]}; it has {', '.join(frame.columns)}")
+    return frame[list(columns)]
+
+
+class TargetTaskDataset(Dataset):
+    """A fine-tuning task of a model pretrained on sequences: ``--dataset`` gives the labels, ``source_dataset``
+    the input sequences (each user's history there, by time).
+
+    ``target_task``:
+        item     labels = the dataset's items (one row per user-item interaction);
+        profile  labels = ``label_field`` of the dataset's ``.user`` file (one row per user; ``age_bins`` cut a
+                 numeric field into brackets).
+    ``self.source_histories``: {user token: [source item tokens, oldest first]}."""
+
+    TASKS = ("item", "profile")
+
+    def __init__(self, config):
+        if config["target_task"] not in self.TASKS:
+            raise UserInputError(f"target_task must be one of {', '.join(self.TASKS)}; got '{config['target_task']}'")
+        if not config["source_dataset"]:
+            raise UserInputError("fine-tuning needs source_dataset (the dataset whose sequences are the input)")
+        super().__init__(config)
+        self.source_histories = self._read_source_histories()
+
+    def _load_data(self, token, dataset_path):
+        super()._load_data(token, dataset_path)
+        if self.config["target_task"] == "profile":
+            field = self.config["label_field"]
+            users = read_atomic(os.path.join(dataset_path, f"{token}.user"), [self.uid_field, field])
+            labels = users[field]
+            if self.config["age_bins"]:
+                labels = age_brackets(labels, self.config["age_bins"])
+            self.inter_feat = pd.DataFrame({self.uid_field: users[self.uid_field], self.iid_field: labels})
+            self.user_feat = None
+
+    def _read_source_histories(self):
+        source = self.config["source_dataset"]
+        folder = dataset_folder(source, self.config["data_root"])
+        time_field = self.config["TIME_FIELD"]
+        frame = read_atomic(os.path.join(folder, f"{source}.inter"), [self.uid_field, self.iid_field, time_field])
+        frame = frame.assign(_time=frame[time_field].astype(float))
+        frame = frame.sort_values([self.uid_field, "_time"], kind="stable")
+        return {user: list(items) for user, items in frame.groupby(self.uid_field, sort=False)[self.iid_field]}
+
+
+def age_brackets(values, bins):
+    """Ages -> bracket labels: bins [18, 25] give '<18', '18-24', '25+'."""
+    bins = [int(b) for b in bins]
+    names = [f"<{bins[0]}"] + [f"{lo}-{hi - 1}" for lo, hi in zip(bins, bins[1:])] + [f"{bins[-1]}+"]
+    index = np.searchsorted(np.array(bins), values.astype(int).to_numpy(), side="right")
+    return pd.Series([names[i] for i in index], index=values.index)

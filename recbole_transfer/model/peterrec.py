@@ -1,4 +1,5 @@
-"""PeterRec: pretraining of a dilated-convolution sequence encoder.
+"""PeterRec: a dilated-convolution sequence encoder pretrained on a source domain, fine-tuned for target tasks
+through small model patches while the pretrained weights stay frozen.
 
 Reference:
     Fajie Yuan, Xiangnan He, Alexandros Karatzoglou, Liguang Zhang. "Parameter-Efficient Transfer from Sequential
@@ -12,12 +13,21 @@ LayerNorm and ReLU (Eq. 3-4), in two kinds:
                 replaced by a mask token and predicted; ranking appends a mask token after the history.
 Histories are right-aligned (newest item last) so the last position is always the newest item.
 ``ResidualBlock`` also takes the model patches (``layers.ModelPatch``) in the paper's insertion modes (Eq. 11).
+
+Fine-tuning (``train_stage=finetune``, data: ``data.dataset.TargetTaskDataset``): the user's source history gets a
+[TCL] token (causal: at the end; non-causal: before and after) and a new linear head scores every label from its
+hidden state(s). Item targets train with BPR against a sampled other item and rank all target items (RecBole's full
+ranking); profile targets train with cross-entropy (accuracy and macro-F1 from ``trainer.finetune``).
+``finetune_mode``: peterrec (patches + LayerNorms + head), fine_all, fine_cls (head only), fine_last (last block +
+head), peter_zero (peterrec from random weights).
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 
+from recbole_transfer import compat
+from recbole_transfer.config import find_path, is_unset
 from recbole_transfer.errors import UserInputError
 from recbole_transfer.model.layers import ModelPatch
 
@@ -88,7 +98,17 @@ def right_align(item_seq, item_seq_len):
 
 
 class PeterRec(SequentialRecommender):
-    STAGES = ("pretrain",)
+    STAGES = ("pretrain", "finetune")
+    MODES = ("peterrec", "fine_all", "fine_cls", "fine_last", "peter_zero")
+    # pretrained weights a fine-tuning run loads (the pretraining softmax layer is replaced by the task head)
+    BACKBONE = ("item_embedding", "blocks")
+
+    @staticmethod
+    def stage_model_type(train_stage):
+        """Pretraining reads sequences (RecBole sequential data); fine-tuning reads (user, label) rows (general)."""
+        from recbole.utils import ModelType
+
+        return ModelType.GENERAL if train_stage == "finetune" else ModelType.SEQUENTIAL
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -101,23 +121,59 @@ class PeterRec(SequentialRecommender):
         self.causal = bool(config["causal"])
         self.mask_ratio = config["mask_ratio"]
         self.initializer_range = config["initializer_range"]
-        self.mask_token = self.n_items  # non-causal only: one row after the items
+        self.config = config
+        insertion = config["patch_insertion"]
+        if insertion not in INSERTIONS:
+            raise UserInputError(f"patch_insertion must be one of {', '.join(INSERTIONS)}; got '{insertion}'")
+        if self.train_stage == "finetune":
+            self.mode = config["finetune_mode"]
+            if self.mode not in self.MODES:
+                raise UserInputError(f"finetune_mode must be one of {', '.join(self.MODES)}; got '{self.mode}'")
+            if self.mode not in ("peterrec", "peter_zero"):
+                insertion = "none"  # the fine-tuning baselines have no patches
+            checkpoint = self._pretrained_checkpoint() if self.mode != "peter_zero" else None
+            # the source vocabulary: the pretraining run's item tokens, or (from scratch) the source's own
+            self.source_item_tokens = (
+                checkpoint["other_parameter"]["source_item_tokens"] if checkpoint else
+                ["[PAD]"] + sorted({t for items in dataset.source_histories.values() for t in items})
+            )
+        else:
+            insertion = "none"  # patches belong to fine-tuning
+            self.source_item_tokens = [str(t) for t in dataset.field2id_token[self.ITEM_ID]]
+        self.other_parameter_name = ["source_item_tokens"]  # saved with the checkpoint
+        n_source_items = len(self.source_item_tokens)
+        self.mask_token = n_source_items  # non-causal only: one row after the items
 
         # define layers
-        self.item_embedding = nn.Embedding(self.n_items + (0 if self.causal else 1), self.hidden_size, padding_idx=0)
+        self.item_embedding = nn.Embedding(n_source_items + (0 if self.causal else 1), self.hidden_size,
+                                           padding_idx=0)
         self.blocks = nn.ModuleList(
             ResidualBlock(self.hidden_size, config["kernel_size"], dilation, self.causal,
-                          insertion=config["patch_insertion"], patch_ratio=config["patch_ratio"])
+                          insertion=insertion, patch_ratio=config["patch_ratio"])
             for dilation in config["dilations"]
         )
-        self.output = nn.Linear(self.hidden_size, self.n_items)  # the pretraining softmax layer
+        if self.train_stage == "pretrain":
+            self.output = nn.Linear(self.hidden_size, n_source_items)  # the pretraining softmax layer
+        else:
+            self.n_users = dataset.num(self.USER_ID)
+            self.tcl_embedding = nn.Parameter(torch.zeros(self.hidden_size))  # the [TCL] token
+            self.output = nn.Linear(self.hidden_size, self.n_items)  # the task head: one score per label
+            self.register_buffer("user_sequences", self._user_sequences(dataset), persistent=False)
+            # LabelCS, the majority label of the training rows (profiles' baseline)
+            self.majority_label = int(torch.bincount(dataset.inter_feat[self.ITEM_ID], minlength=self.n_items)
+                                      .argmax())
 
         # init weights
         self.apply(self._init_weights)
+        if self.train_stage == "finetune":
+            nn.init.normal_(self.tcl_embedding, 0.0, self.initializer_range)
+            if checkpoint is not None:
+                self._load_backbone(checkpoint)
+            self._set_trainable()
 
     def _init_weights(self, module):
         # the patches' linear layers keep their own near-identity start
-        if isinstance(module, (nn.Embedding, nn.Conv1d)) or module is self.output:
+        if isinstance(module, (nn.Embedding, nn.Conv1d)) or module is getattr(self, "output", None):
             module.weight.data.normal_(0.0, self.initializer_range)
             if getattr(module, "bias", None) is not None:
                 module.bias.data.zero_()
@@ -125,12 +181,84 @@ class PeterRec(SequentialRecommender):
             module.weight.data.fill_(1.0)
             module.bias.data.zero_()
 
-    def encode(self, item_seq):
-        """Hidden states [B, L, hidden] of right-aligned item ids."""
+    # --- fine-tuning set-up -------------------------------------------------------------------------------------
+    def _pretrained_checkpoint(self):
+        value = self.config["pretrained_path"]
+        if is_unset(value):
+            raise UserInputError(f"finetune_mode={self.mode} needs pretrained_path (a PeterRec pretraining checkpoint)")
+        path = find_path(value)
+        if path is None:
+            raise UserInputError(f"pretrained_path '{value}' not found")
+        checkpoint = compat.load_checkpoint(path)
+        saved = checkpoint.get("config", {}) if isinstance(checkpoint, dict) else {}
+        if saved.get("model") != "PeterRec" or saved.get("train_stage") != "pretrain":
+            raise UserInputError(f"pretrained_path '{path}' is not a PeterRec pretraining checkpoint")
+        differing = [f"{k}={saved.get(k)} there, {self.config[k]} here"
+                     for k in ("causal", "hidden_size", "kernel_size", "dilations") if saved.get(k) != self.config[k]]
+        if differing:
+            raise UserInputError(f"pretrained_path '{path}' does not fit this model: {'; '.join(differing)}")
+        return checkpoint
+
+    def _load_backbone(self, checkpoint):
+        state = {k: v for k, v in checkpoint["state_dict"].items() if k.split(".")[0] in self.BACKBONE}
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        assert not unexpected, unexpected
+        # everything of the backbone but the new patches came from the checkpoint
+        assert all(k.split(".")[0] not in self.BACKBONE or ".patches." in k for k in missing), missing
+
+    def _set_trainable(self):
+        """peterrec / peter_zero: patches, LayerNorms, [TCL] and head; fine_all: everything; fine_cls: [TCL] and
+        head; fine_last: the last residual block, [TCL] and head."""
+        last_block = f"blocks.{len(self.blocks) - 1}."
+        for name, param in self.named_parameters():
+            if self.mode == "fine_all":
+                trainable = True
+            elif self.mode == "fine_cls":
+                trainable = name.startswith(("output.", "tcl_embedding"))
+            elif self.mode == "fine_last":
+                trainable = name.startswith(("output.", "tcl_embedding", last_block))
+            else:
+                trainable = name.startswith(("output.", "tcl_embedding")) or ".patches." in name or ".ln" in name
+            param.requires_grad_(trainable)
+
+    def _user_sequences(self, dataset):
+        """[n_users, L] right-aligned source histories (newest L - 1 items; the last column is left for [TCL]),
+        in the source vocabulary; rows follow this dataset's user ids."""
+        index = {token: i for i, token in enumerate(self.source_item_tokens)}
+        width = self.max_seq_length
+        keep = width - 1 if self.causal else width - 2  # room for one [TCL] (causal) or two (non-causal)
+        sequences = torch.zeros(self.n_users, width, dtype=torch.long)
+        for user_id, token in enumerate(dataset.field2id_token[self.USER_ID]):
+            items = [index.get(t, 0) for t in dataset.source_histories.get(str(token), [])][-keep:]
+            if items:
+                sequences[user_id, width - 1 - len(items): width - 1] = torch.tensor(items)
+        return sequences
+
+    # --- representations ----------------------------------------------------------------------------------------
+    def encode(self, item_seq, tcl_positions=None):
+        """Hidden states [B, L, hidden] of right-aligned item ids; ``tcl_positions`` (bool [B, L]) take the [TCL]
+        embedding instead."""
         h = self.item_embedding(item_seq)
+        if tcl_positions is not None:
+            h = torch.where(tcl_positions.unsqueeze(-1), self.tcl_embedding.expand_as(h), h)
         for block in self.blocks:
             h = block(h)
         return h
+
+    def user_representation(self, user):
+        """Causal: the hidden state of [TCL] appended after the history (Eq. 5). Non-causal: the sum of the states
+        of [TCL] before and after the history (Eq. 6)."""
+        seq = self.user_sequences[user]
+        tcl = torch.zeros_like(seq, dtype=torch.bool)
+        tcl[:, -1] = True
+        if self.causal:
+            return self.encode(seq, tcl)[:, -1]
+        first = (seq[:, :-1] > 0).float().argmax(1) - 1  # the column before the oldest item
+        first = torch.where((seq[:, :-1] > 0).any(1), first, torch.full_like(first, seq.shape[1] - 2))
+        rows = torch.arange(len(seq), device=seq.device)
+        tcl[rows, first] = True
+        h = self.encode(seq, tcl)
+        return h[rows, first] + h[:, -1]
 
     def _inputs(self, interaction, last=None):
         """Right-aligned history; non-causal: shifted left by one with ``last`` (the target or the mask token)
@@ -141,7 +269,10 @@ class PeterRec(SequentialRecommender):
         last = torch.full_like(seq[:, :1], self.mask_token) if last is None else last.unsqueeze(1)
         return torch.cat([seq[:, 1:], last], dim=1)
 
+    # --- losses and scores --------------------------------------------------------------------------------------
     def calculate_loss(self, interaction):
+        if self.train_stage == "finetune":
+            return self._task_loss(interaction)
         target = interaction[self.POS_ITEM_ID]
         if self.causal:
             return F.cross_entropy(self.output(self.encode(self._inputs(interaction))[:, -1]), target)
@@ -152,12 +283,26 @@ class PeterRec(SequentialRecommender):
         hidden = self.encode(seq.masked_fill(masked, self.mask_token))
         return F.cross_entropy(self.output(hidden[masked]), seq[masked])
 
-    def _sequence_output(self, interaction):
-        return self.encode(self._inputs(interaction))[:, -1]
+    def _task_loss(self, interaction):
+        """Items: BPR against one uniformly sampled other label (Eq. 8). Profiles: cross-entropy over the labels."""
+        scores = self.output(self.user_representation(interaction[self.USER_ID]))
+        label = interaction[self.ITEM_ID]
+        if self.config["target_task"] == "profile":
+            return F.cross_entropy(scores[:, 1:], label - 1)  # column 0 is RecBole's padding label
+        negative = torch.randint(1, self.n_items - 1, label.shape, device=label.device)
+        negative = negative + (negative >= label).long()  # uniform over the other labels
+        rows = torch.arange(len(label), device=label.device)
+        return -F.logsigmoid(scores[rows, label] - scores[rows, negative]).mean()
+
+    def _scores(self, interaction):
+        if self.train_stage == "finetune":
+            scores = self.output(self.user_representation(interaction[self.USER_ID]))
+            scores[:, 0] = float("-inf")  # the padding label is never an answer
+            return scores
+        return self.output(self.encode(self._inputs(interaction))[:, -1])
 
     def predict(self, interaction):
-        scores = self.output(self._sequence_output(interaction))
-        return scores.gather(1, interaction[self.ITEM_ID].unsqueeze(1)).squeeze(1)
+        return self._scores(interaction).gather(1, interaction[self.ITEM_ID].unsqueeze(1)).squeeze(1)
 
     def full_sort_predict(self, interaction):
-        return self.output(self._sequence_output(interaction))
+        return self._scores(interaction)

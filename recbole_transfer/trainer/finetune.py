@@ -1,0 +1,56 @@
+"""Fine-tuning trainers.
+
+``TargetTaskTrainer``: item targets use RecBole's evaluation (full ranking over the target items); profile targets
+(one label per user) report accuracy and macro-F1, and the same two for LabelCS, the majority label of the training
+split, as the floor a model must beat. ``valid_metric`` for profiles: accuracy or macro_f1.
+"""
+from collections import OrderedDict
+
+import torch
+from recbole.trainer import Trainer
+
+
+def accuracy_and_macro_f1(predicted, label, n_classes):
+    """Share of correct predictions and the unweighted mean of per-class F1 over the classes present in either."""
+    accuracy = (predicted == label).float().mean().item()
+    f1s = []
+    for c in range(n_classes):
+        tp = ((predicted == c) & (label == c)).sum().item()
+        fp = ((predicted == c) & (label != c)).sum().item()
+        fn = ((predicted != c) & (label == c)).sum().item()
+        if tp + fp + fn:
+            f1s.append(2 * tp / (2 * tp + fp + fn))
+    return accuracy, sum(f1s) / max(len(f1s), 1)
+
+
+class TargetTaskTrainer(Trainer):
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.is_profile = config["target_task"] == "profile"
+
+    @torch.no_grad()
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if not self.is_profile:
+            return super().evaluate(eval_data, load_best_model, model_file, show_progress)
+        if not eval_data:
+            return None
+        if load_best_model:
+            from recbole_transfer import compat
+
+            checkpoint = compat.load_checkpoint(model_file or self.saved_model_file, map_location=self.device)
+            self.model.load_state_dict(checkpoint["state_dict"])
+            self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self.model.eval()
+        item_field = self.config["ITEM_ID_FIELD"]
+        predicted, labels = [], []
+        for batch in eval_data:
+            interaction = batch[0].to(self.device)
+            predicted.append(self.model.full_sort_predict(interaction).argmax(1).cpu())
+            labels.append(interaction[item_field].cpu())
+        predicted, labels = torch.cat(predicted), torch.cat(labels)
+        majority = self.model.majority_label
+        n_classes = self.model.n_items
+        accuracy, macro_f1 = accuracy_and_macro_f1(predicted, labels, n_classes)
+        base_accuracy, base_f1 = accuracy_and_macro_f1(torch.full_like(labels, majority), labels, n_classes)
+        return OrderedDict(accuracy=round(accuracy, 4), macro_f1=round(macro_f1, 4),
+                           labelcs_accuracy=round(base_accuracy, 4), labelcs_macro_f1=round(base_f1, 4))
