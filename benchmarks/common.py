@@ -37,11 +37,12 @@ def _sampled_test(model, dataset, config_dict, net, trainer_class, mode):
     return {k: float(result[k]) for k in SAMPLED_METRICS}
 
 
-def _fit(model, dataset, config_dict, queue, sampled=None):
+def _fit(model, dataset, config_dict, queue, sampled=None, config_files=None):
     sys.argv = sys.argv[:1]
     from recbole_transfer.quick_start import build
 
-    config, net, trainer, (train, valid, test) = build(model, dataset, config_dict=dict(config_dict))
+    config, net, trainer, (train, valid, test) = build(model, dataset, config_file_list=config_files,
+                                                       config_dict=dict(config_dict))
     epoch_times = []
     train_epoch = trainer._train_epoch
 
@@ -58,7 +59,7 @@ def _fit(model, dataset, config_dict, queue, sampled=None):
     test_result = trainer.evaluate(test, load_best_model=True)
     sampled_result = _sampled_test(model, dataset, config_dict, net, type(trainer), sampled) if sampled else None
     queue.put({
-        "test": {k: float(test_result[k]) for k in METRICS},
+        "test": {k: float(v) for k, v in test_result.items()},
         "sampled": sampled_result,
         "epochs": len(epoch_times),
         "epoch_seconds": statistics.median(epoch_times) if epoch_times else float("nan"),
@@ -71,12 +72,12 @@ def _fit(model, dataset, config_dict, queue, sampled=None):
     })
 
 
-def fit_and_measure(model, dataset, config_dict, sampled=None):
+def fit_and_measure(model, dataset, config_dict, sampled=None, config_files=None):
     """Train ``model`` on ``dataset`` with early stopping in a fresh process; test metrics and costs.
     ``sampled`` (e.g. "uni100") also ranks the best model's test users against sampled negatives."""
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
-    proc = ctx.Process(target=_fit, args=(model, dataset, config_dict, queue, sampled))
+    proc = ctx.Process(target=_fit, args=(model, dataset, config_dict, queue, sampled, config_files))
     proc.start()
     proc.join()
     if proc.exitcode != 0 or queue.empty():
