@@ -213,15 +213,17 @@ def test_profile_labels_align_with_users(tmp_path):
 
 def test_profile_task_trains_and_reports_accuracy(tmp_path):
     from recbole_transfer.config import REPO_ROOT
-    from recbole_transfer.quick_start import run_recbole_transfer
+    from recbole_transfer.quick_start import build
 
-    result = run_recbole_transfer("PeterRec", "ml-100k", config_file_list=[
-        f"{REPO_ROOT}/properties/task/ml100k_gender.yaml"], config_dict=dict(
-        SMALL, finetune_mode="peter_zero", epochs=3, checkpoint_dir=str(tmp_path / "saved")))
-    test = result["test_result"]
-    assert set(test) == {"accuracy", "macro_f1", "labelcs_accuracy", "labelcs_macro_f1"}
-    assert 0.6 < test["labelcs_accuracy"] < 0.8  # ml-100k is about 71% male
-    assert test["labelcs_macro_f1"] < 0.5  # one class predicted: F1 of the other is 0
+    config, model, trainer, (train, valid, test) = build(
+        "PeterRec", "ml-100k", config_file_list=[f"{REPO_ROOT}/properties/task/ml100k_gender.yaml"],
+        config_dict=dict(SMALL, finetune_mode="peter_zero", checkpoint_dir=str(tmp_path / "saved")))
+    losses = [trainer._train_epoch(train, epoch) for epoch in range(3)]
+    assert losses[-1] < losses[0]
+    result = trainer.evaluate(test, load_best_model=False)
+    assert set(result) == {"accuracy", "macro_f1", "labelcs_accuracy", "labelcs_macro_f1"}
+    assert 0.6 < result["labelcs_accuracy"] < 0.8  # ml-100k is about 71% male
+    assert result["labelcs_macro_f1"] < 0.5  # one class predicted: F1 of the other is 0
 
 
 def test_finetune_errors(pair_root, tmp_path, pretrained):
@@ -233,3 +235,11 @@ def test_finetune_errors(pair_root, tmp_path, pretrained):
     with pytest.raises(UserInputError) as err:
         _finetune(pair_root, tmp_path, pretrained, causal=False)
     assert str(err.value) == f"pretrained_path '{pretrained}' does not fit this model: causal=True there, False here"
+
+
+def test_accuracy_and_macro_f1():
+    from recbole_transfer.trainer.finetune import accuracy_and_macro_f1
+
+    accuracy, macro_f1 = accuracy_and_macro_f1(torch.tensor([1, 1, 2, 2]), torch.tensor([1, 2, 2, 2]), 3)
+    assert accuracy == 0.75
+    assert macro_f1 == pytest.approx((2 / 3 + 4 / 5) / 2)  # class 1: tp 1, fp 1; class 2: tp 2, fn 1

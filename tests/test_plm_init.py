@@ -227,6 +227,8 @@ def test_errors(data_root, text_cache, tmp_path, tuned):
          "embedding_mode=further_all needs pretrained_path (a checkpoint of this model trained with "
          "embedding_mode=freeze)"),
         (dict(init_type="random"), "init_type must be one of none, plm, pretrain, finetune; got 'random'"),
+        (dict(init_type="finetune", init_plm_path=tuned, plm_pooling="mean"),
+         f"{tuned} was tuned with plm_pooling=cls; pass --plm_pooling=cls"),
     ]
     for extra, message in cases:
         with pytest.raises(PLMInitError) as err:

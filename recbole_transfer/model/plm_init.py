@@ -71,6 +71,9 @@ def init_encoder_name(config):
     if is_unset(config["init_plm_path"]):
         raise PLMInitError(f"init_type={init_type} needs init_plm_path (a folder written by --model=BehaviorTuning)")
     folder, info = read_tuning_info(config["init_plm_path"])
+    if info.get("plm_pooling", config["plm_pooling"]) != config["plm_pooling"]:
+        raise PLMInitError(f"{folder} was tuned with plm_pooling={info['plm_pooling']}; "
+                           f"pass --plm_pooling={info['plm_pooling']}")
     targets = set(dataset_names(config["dataset"]))
     tuned_on = set(info.get("datasets", []))
     if init_type == "pretrain" and targets & tuned_on:
