@@ -49,6 +49,13 @@ def plain_config(config):
     return {str(k): plain(v) for k, v in source.items()}
 
 
+def current_umask():
+    """The process umask (reading it means setting it, so it is set back at once)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def atomic_torch_save(obj, path):
     """Write to a temporary file in the same folder, then rename: an interrupted save never leaves half a file."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -58,9 +65,7 @@ def atomic_torch_save(obj, path):
     try:
         torch.save(obj, tmp)
         # mkstemp creates 0600 files; give the result the mode a plain open() would (0666 minus the umask)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -106,7 +106,7 @@ def _atomic_folder(write, folder):
     tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
     try:
         write(tmp)
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~compat.current_umask())  # mkdtemp makes 0700 folders
         old = None
         if os.path.exists(folder):
             old = tempfile.mkdtemp(prefix=".old-", dir=parent)
@@ -117,12 +117,6 @@ def _atomic_folder(write, folder):
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # --- behavior tuning --------------------------------------------------------------------------------------------
