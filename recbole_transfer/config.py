@@ -3,6 +3,7 @@
 Priority (low -> high): RecBole defaults -> properties/overall.yaml -> properties/model/<M>.yaml ->
 properties/dataset/<D>.yaml -> user config files -> config_dict -> command line.
 """
+import copy
 import os
 import sys
 
@@ -73,6 +74,21 @@ def dataset_folder(name, data_path=DATASET_DIR):
     if name in RECBOLE_BUILTIN_DATASETS and not os.path.isfile(os.path.join(folder, f"{name}.inter")):
         folder = os.path.join(recbole_example_data(), name)
     return folder
+
+
+def config_for_dataset(config, name):
+    """A copy of a final ``config`` that reads dataset ``name`` with the same settings (fields, filters, sequence
+    length): for datasets a model loads beside its own (e.g. MetaRec's sources)."""
+    data_root = config["data_root"]
+    folder = dataset_folder(name, data_root)
+    if not os.path.isfile(os.path.join(folder, f"{name}.inter")):
+        known = available_datasets(data_root) + list(RECBOLE_BUILTIN_DATASETS)
+        raise UnknownDatasetError(f"unknown dataset '{name}': no {os.path.join(folder, name + '.inter')}; "
+                                  f"available: {', '.join(known)}")
+    other = copy.copy(config)
+    other.dataset = name
+    other.final_config_dict = dict(config.final_config_dict, dataset=name, data_path=folder)
+    return other
 
 
 def available_datasets(data_path=DATASET_DIR):

@@ -142,3 +142,10 @@ register(
     {"finetune": "recbole_transfer.data.dataset:TargetTaskDataset"},
     {"finetune": "recbole_transfer.trainer.finetune:TargetTaskTrainer"},
 )
+register("LRURec", "recbole_transfer.model.lrurec:LRURec")
+register(
+    "MetaRec",
+    "recbole_transfer.model.metarec:MetaRec",
+    "recbole_transfer.data.dataset:MetaRecDataset",
+    "recbole_transfer.trainer.meta:MetaTrainer",
+)

@@ -14,10 +14,13 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-from recbole.data.dataset import Dataset, SequentialDataset
-from recbole.utils import FeatureSource
+from collections import namedtuple
 
-from recbole_transfer.config import dataset_folder, dataset_names
+from recbole.data.dataset import Dataset, SequentialDataset
+from recbole.data.interaction import Interaction
+from recbole.utils import FeatureSource, set_color
+
+from recbole_transfer.config import config_for_dataset, dataset_folder, dataset_names
 from recbole_transfer.errors import UserInputError
 from recbole_transfer.data import text
 
@@ -179,6 +182,33 @@ class PLMInitDataset(TextSequentialDataset):
         from recbole_transfer.model.plm_init import encoder_item_max_length
 
         return encoder_item_max_length(self.text_encoder(), self.config["plm_max_length"])
+
+
+SourceDomain = namedtuple("SourceDomain", ["name", "interaction", "n_items"])
+
+
+class MetaRecDataset(SequentialDataset):
+    """The target dataset (RecBole's splits, evaluation and loaders as usual) plus ``self.sources``: one
+    ``SourceDomain`` per ``source_datasets`` entry, read with the target's settings, holding every prefix of every
+    user's sequence (item_id_list, item_length, item_id; a source is training data only) and its own item ids."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        names = [str(n) for n in (config["source_datasets"] or [])]
+        if config["dataset"] in names:
+            raise UserInputError(f"source_datasets must not include the target dataset '{config['dataset']}'")
+        self.sources = [self._load_source(name) for name in names]
+
+    def _load_source(self, name):
+        source = SequentialDataset(config_for_dataset(self.config, name))
+        fields = [self.config["ITEM_ID_FIELD"] + self.config["LIST_SUFFIX"], self.config["ITEM_LIST_LENGTH_FIELD"],
+                  self.config["ITEM_ID_FIELD"]]
+        # build() makes the prefixes; its train/valid/test split is undone, all of a source is for training
+        parts = [part.inter_feat for part in source.build()]
+        interaction = Interaction({field: torch.cat([part[field] for part in parts]) for field in fields})
+        self.logger.info(set_color("source", "green") + f" {name}: {len(interaction)} sequences, "
+                         f"{source.item_num - 1} items")
+        return SourceDomain(name, interaction, source.item_num)
 
 
 def read_atomic(path, columns):

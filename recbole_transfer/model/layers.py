@@ -6,7 +6,12 @@ softplus(x W3) while training only.
 
 ``ModelPatch``: PeterRec's model patch (Yuan et al., SIGIR 2020, Eq. 9), x + up(relu(down(x))) with a k -> k/ratio
 bottleneck; ``delta`` is the branch without the shortcut, for parallel insertion.
+
+``LRULayer`` (with ``lru_parallel_scan``): the linear recurrent unit of LRURec. ``VectorQuantizer``: MetaRec's
+multi-head cosine vector quantization onto another table.
 """
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -86,3 +91,104 @@ class ModelPatch(nn.Module):
 
     def forward(self, x):
         return x + self.delta(x)
+
+
+def lru_parallel_scan(u_real, u_imag, magnitude, phase):
+    """h_t = lambda * h_{t-1} + u_t (h_{-1} = 0) over [B, L, d] for a diagonal complex lambda = magnitude *
+    exp(i * phase) [d], as ``ceil(log2 L)`` rounds of whole-sequence updates (Hillis-Steele scan): after the round with
+    shift s, h_t holds the sum of lambda^(t-j) u_j over the last 2s positions j, because h_t += lambda^s h_(t-s)
+    joins two adjacent windows. Complex numbers are kept as (real, imaginary) pairs so every op has a real
+    double-backward (the meta-gradients differentiate through this)."""
+    h_real, h_imag = u_real, u_imag
+    length = u_real.shape[1]
+    shift = 1
+    while shift < length:
+        scale = magnitude.pow(shift)
+        a_real, a_imag = scale * torch.cos(phase * shift), scale * torch.sin(phase * shift)  # lambda^shift
+        prev_real = F.pad(h_real[:, :-shift], (0, 0, shift, 0))
+        prev_imag = F.pad(h_imag[:, :-shift], (0, 0, shift, 0))
+        h_real, h_imag = (
+            h_real + a_real * prev_real - a_imag * prev_imag,
+            h_imag + a_real * prev_imag + a_imag * prev_real,
+        )
+        shift *= 2
+    return h_real, h_imag
+
+
+class LRULayer(nn.Module):
+    """Linear recurrent unit (Orvieto et al., ICML 2023; LRURec, Yue et al., WSDM 2024): h_t = lambda h_(t-1) +
+    gamma (B x_t), y_t = C [Re h_t; Im h_t], lambda = exp(-exp(nu) + i exp(theta)) diagonal and stable by
+    construction, |lambda| drawn uniformly on the ring [r_min, r_max], gamma = sqrt(1 - |lambda|^2) normalises the
+    state. Causal: position t reads positions <= t only."""
+
+    def __init__(self, hidden_size, r_min=0.8, r_max=0.99, max_phase=2 * math.pi):
+        super().__init__()
+        self.in_proj = nn.Linear(hidden_size, 2 * hidden_size)  # real and imaginary parts of B x
+        self.out_proj = nn.Linear(2 * hidden_size, hidden_size)  # C over [Re h; Im h]
+        u1, u2 = torch.rand(hidden_size), torch.rand(hidden_size)
+        nu_log = torch.log(-0.5 * torch.log(u1 * (r_max ** 2 - r_min ** 2) + r_min ** 2))
+        theta_log = torch.log(max_phase * u2)
+        gamma_log = torch.log(torch.sqrt(1 - torch.exp(-torch.exp(nu_log)) ** 2))
+        self.params_log = nn.Parameter(torch.stack([nu_log, theta_log, gamma_log]))
+
+    def eigenvalues(self):
+        """(|lambda|, arg lambda, gamma) per state dimension."""
+        nu_log, theta_log, gamma_log = self.params_log
+        return torch.exp(-torch.exp(nu_log)), torch.exp(theta_log), torch.exp(gamma_log)
+
+    def forward(self, x):
+        magnitude, phase, gamma = self.eigenvalues()
+        u_real, u_imag = (gamma.repeat(2) * self.in_proj(x)).chunk(2, dim=-1)
+        h_real, h_imag = lru_parallel_scan(u_real, u_imag, magnitude, phase)
+        return self.out_proj(torch.cat([h_real, h_imag], dim=-1))
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Value: the codewords, exactly (z_e + (q - z_e).detach() rounds); gradient: passed to z_e unchanged."""
+
+    @staticmethod
+    def forward(ctx, z_e, codewords):
+        return codewords.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class VectorQuantizer(nn.Module):
+    """Multi-head vector quantization onto a given codebook (MetaRec, Eq. 2-3): z_e [N, H*D] and the codebook
+    [K, H*D] split into ``heads`` parts; each part of z_e is replaced by the codebook part of highest cosine
+    similarity in the same head. The output carries the straight-through gradient (its value is the codeword, its
+    gradient goes to z_e); ``quantized`` keeps the gradient path to the codebook for the VQ loss. No parameters:
+    the codebook is another module's table (MetaRec: the target item embeddings)."""
+
+    def __init__(self, heads, chunk_size=1024):
+        super().__init__()
+        self.heads = int(heads)
+        self.chunk_size = chunk_size
+
+    def codes(self, z_e, codebook):
+        """[N, H] index of the nearest codeword per head (no gradient: argmax)."""
+        heads = self.heads
+        with torch.no_grad():
+            book = F.normalize(codebook.reshape(codebook.shape[0], heads, -1), dim=-1)
+            codes = []
+            for chunk in z_e.split(self.chunk_size):
+                query = F.normalize(chunk.reshape(chunk.shape[0], heads, -1), dim=-1)
+                codes.append(torch.einsum("nhd,khd->nhk", query, book).argmax(dim=-1))
+            return torch.cat(codes) if codes else torch.zeros(0, heads, dtype=torch.long, device=z_e.device)
+
+    def forward(self, z_e, codebook):
+        """(z_q with straight-through gradient, quantized with the codebook gradient, codes [N, H])."""
+        if z_e.shape[-1] % self.heads:
+            raise ValueError(f"hidden size {z_e.shape[-1]} is not divisible by {self.heads} VQ heads")
+        codes = self.codes(z_e, codebook)
+        book = codebook.reshape(codebook.shape[0], self.heads, -1)
+        quantized = book[codes, torch.arange(self.heads, device=codes.device)].reshape(z_e.shape)
+        return _StraightThrough.apply(z_e, quantized.detach()), quantized, codes
+
+    @staticmethod
+    def loss(z_e, quantized):
+        """L_vq = ||z_q - sg[z_e]||^2 + ||sg[z_q] - z_e||^2 (mean over rows and dimensions): the first term pulls
+        the chosen codewords to the items, the second keeps the items near their codewords."""
+        return F.mse_loss(quantized, z_e.detach()) + F.mse_loss(quantized.detach(), z_e)

@@ -1,0 +1,76 @@
+"""MetaRec: ID-only multi-source transfer for sequential recommendation through vector quantization onto the
+target's item table and meta-learned (bi-level) updates with per-layer gradient rescaling.
+
+Reference:
+    Zhenrui Yue, Huimin Zeng, Yang Zhang, Julian McAuley, Dong Wang. "Transferable Sequential Recommendation via
+    Vector Quantized Meta Learning." 2024.
+
+The LRURec body (``model.lrurec``) is shared by every domain; each domain has its own item table. A source item's
+vector z_e is quantized per head onto the TARGET item table reshaped into ``vq_heads`` heads (``layers.
+VectorQuantizer``, Eq. 2), so sources speak in target-item codewords; the straight-through gradient trains z_e and
+L_vq (Eq. 3) trains the codewords. Target items are their own codewords (quantizing the codebook onto itself is the
+identity), so the target path is plain LRURec and serving costs the same. Loss per domain: CE + L_vq (Eq. 9).
+
+The bi-level updates live in ``trainer.meta.MetaTrainer``; data in ``data.dataset.MetaRecDataset``.
+``vq_heads``: 0 = no VQ (ablation), 1 = single-head VQ (ablation), H = H heads.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from recbole_transfer.model.layers import VectorQuantizer
+from recbole_transfer.model.lrurec import LRURec
+
+TARGET_DOMAIN = 0  # domain index of the target; sources are 1..M in source_datasets order
+
+
+class MetaRec(LRURec):
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+
+        # load parameters info
+        self.vq_heads = int(config["vq_heads"] or 0)
+        sources = getattr(dataset, "sources", [])
+        self.source_names = [source.name for source in sources]
+        if self.vq_heads and self.hidden_size % self.vq_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by vq_heads {self.vq_heads}")
+
+        # define layers (one item table and output bias per source; the body is shared)
+        self.source_item_embedding = nn.ModuleList(
+            nn.Embedding(source.n_items, self.hidden_size, padding_idx=0) for source in sources
+        )
+        self.source_output_bias = nn.ParameterList(nn.Parameter(torch.zeros(source.n_items)) for source in sources)
+        self.quantizer = VectorQuantizer(self.vq_heads) if self.vq_heads else None
+
+        # parameters initialization
+        for table in self.source_item_embedding:
+            self._init_weights(table)
+
+    def source_parameter_names(self, domain):
+        """Names of the parameters only source ``domain`` (1-based) uses."""
+        return [f"source_item_embedding.{domain - 1}.weight", f"source_output_bias.{domain - 1}"]
+
+    def is_source_parameter(self, name):
+        return name.startswith("source_")
+
+    def source_table(self, domain, item_seq, pos_items):
+        """(item vectors the encoder reads and scores with [n, d], L_vq over the batch's items) of source
+        ``domain``."""
+        z_e = self.source_item_embedding[domain - 1].weight
+        if self.quantizer is None:
+            return z_e, z_e.new_zeros(())
+        # row 0 is the padding item: neither quantized nor a codeword
+        z_q, quantized, _ = self.quantizer(z_e[1:], self.item_embedding.weight[1:])
+        used = torch.unique(torch.cat([item_seq.flatten(), pos_items]))
+        used = used[used > 0] - 1
+        return torch.cat([z_e[:1], z_q]), self.quantizer.loss(z_e[1:][used], quantized[used])
+
+    def domain_loss(self, interaction, domain=TARGET_DOMAIN):
+        """CE (+ L_vq for a source) of a batch of ``domain`` (0 = target, 1..M = ``source_datasets``)."""
+        if domain == TARGET_DOMAIN:
+            return self.calculate_loss(interaction)
+        item_seq, pos_items = interaction[self.ITEM_SEQ], interaction[self.POS_ITEM_ID]
+        table, vq_loss = self.source_table(domain, item_seq, pos_items)
+        seq_output = self.encode(F.embedding(item_seq, table), interaction[self.ITEM_SEQ_LEN])
+        logits = self.scores(seq_output, table, self.source_output_bias[domain - 1])
+        return self.loss_fct(logits, pos_items) + vq_loss
