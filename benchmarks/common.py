@@ -69,6 +69,9 @@ def _fit(model, dataset, config_dict, queue, sampled=None, config_files=None):
         "hidden": config["hidden_size"],
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "checkpoint": trainer.saved_model_file,
+        # trainers with their own update loop (MetaTrainer) time each iteration
+        "iteration_seconds": statistics.median(trainer.iteration_seconds)
+        if getattr(trainer, "iteration_seconds", None) else None,
     })
 
 
