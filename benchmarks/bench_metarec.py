@@ -49,7 +49,7 @@ def main():
         with open(out, "w", encoding="utf-8") as f:
             f.write(f"<!-- {machine()}; common: {json.dumps(common)} -->\n"
                     f"| run | target | params (total) | epochs | {' | '.join(METRICS)} | s/epoch | s/iteration |\n"
-                    "|" + "---|" * (7 + len(METRICS)) + "\n")
+                    "|" + "---|" * (6 + len(METRICS)) + "\n")
     for name in args.runs.split(","):
         label, model, settings = RUNS[name]
         row = f"| {label} | {args.dataset} |"

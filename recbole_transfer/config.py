@@ -1,6 +1,7 @@
 """Config: RecBole's Config with the plugin's yaml layers, registry lookup and strict command-line parsing.
 
-Priority (low -> high): RecBole defaults -> properties/overall.yaml -> properties/model/<M>.yaml ->
+Priority (low -> high): RecBole defaults -> properties/overall.yaml -> properties/model/<M>.yaml (over the yamls
+of the models M names in ``yaml_bases``) ->
 properties/dataset/<D>.yaml -> user config files -> config_dict -> command line.
 """
 import copy
@@ -136,7 +137,10 @@ class Config(RecBoleConfig):
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
         self.internal_config_dict["data_path"] = DATASET_DIR
-        files = [os.path.join(PROPERTIES_DIR, "overall.yaml"), os.path.join(PROPERTIES_DIR, "model", f"{model}.yaml")]
+        # a model's yaml is read over the yamls of the models it extends (``yaml_bases``, e.g. MetaRec on LRURec)
+        models = list(getattr(model_class, "yaml_bases", ())) + [model]
+        files = [os.path.join(PROPERTIES_DIR, "overall.yaml")]
+        files += [os.path.join(PROPERTIES_DIR, "model", f"{name}.yaml") for name in models]
         files += [os.path.join(PROPERTIES_DIR, "dataset", f"{name}.yaml") for name in dataset_names(dataset)]
         for file in files:
             if os.path.isfile(file):

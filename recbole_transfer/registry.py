@@ -149,3 +149,10 @@ register(
     "recbole_transfer.data.dataset:MetaRecDataset",
     "recbole_transfer.trainer.meta:MetaTrainer",
 )
+register(
+    "PromptLoRA",
+    "recbole_transfer.model.xcross:PromptLoRA",
+    "recbole_transfer.data.dataset:ItemTextDataset",
+    "recbole_transfer.trainer.lm:PromptLoRATrainer",
+)
+register("XCross", "recbole_transfer.model.xcross:XCross", "recbole_transfer.data.dataset:ItemTextDataset")

@@ -134,16 +134,20 @@ class TextSequentialDataset(SequentialDataset):
         return matrix
 
 
-class BehaviorTuningDataset(TextSequentialDataset):
-    """Item texts without vectors, for tuning the encoder itself. The training split keeps each user's last
-    ``prefixes_per_user`` training examples (0 keeps all), then at most ``max_train_examples`` of them (a seeded
-    random subset; 0 = no limit). Validation and test stay RecBole's leave-one-out rows, and the trainer never
-    reads them, so nothing after a user's training interactions is seen."""
+class ItemTextDataset(TextSequentialDataset):
+    """Item texts without vectors: for models that run the language model themselves (behavior tuning, prompts)."""
 
     reads_item_text = True
 
     def text_encoder(self):
         return None
+
+
+class BehaviorTuningDataset(ItemTextDataset):
+    """Item texts for tuning the encoder itself. The training split keeps each user's last ``prefixes_per_user``
+    training examples (0 keeps all), then at most ``max_train_examples`` of them (a seeded random subset; 0 = no
+    limit). Validation and test stay RecBole's leave-one-out rows, and the trainer never reads them, so nothing
+    after a user's training interactions is seen."""
 
     def build(self):
         datasets = super().build()

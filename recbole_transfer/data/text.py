@@ -14,6 +14,8 @@ import json
 import os
 import random
 import re
+import shutil
+import tempfile
 
 import torch
 from tqdm import tqdm
@@ -201,6 +203,68 @@ def token_budget_batches(lengths, token_budget):
     return batches
 
 
+def atomic_folder(write, folder):
+    """``write(tmp_folder)`` then swap it in place of ``folder``: readers see the old folder or the new one."""
+    parent = os.path.dirname(os.path.abspath(folder))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o777 & ~compat.current_umask())  # mkdtemp makes 0700 folders
+        old = None
+        if os.path.exists(folder):
+            old = tempfile.mkdtemp(prefix=".old-", dir=parent)
+            os.replace(folder, os.path.join(old, "x"))
+        os.replace(tmp, folder)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def pad_batch(token_lists, pad_id):
+    """Token id lists -> right-padded ``(input_ids, attention_mask)`` long tensors."""
+    width = max(len(tokens) for tokens in token_lists)
+    input_ids = torch.full((len(token_lists), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(token_lists), width), dtype=torch.long)
+    for row, tokens in enumerate(token_lists):
+        input_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        attention_mask[row, : len(tokens)] = 1
+    return input_ids, attention_mask
+
+
+class ItemTokens:
+    """Every item's text as token ids (no special tokens, at most ``item_max_length``), tokenized once, and the
+    encoder inputs built from them: one item, a history (newest item first), a history + candidate pair."""
+
+    def __init__(self, tokenizer, item_texts, item_max_length):
+        self.cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+        self.sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.ids = tokenizer(list(item_texts), add_special_tokens=False, truncation=True,
+                             max_length=item_max_length)["input_ids"]
+
+    def item(self, item):
+        """[CLS] text [SEP], as item vectors are encoded (``encode_texts``)."""
+        return [self.cls_id] + self.ids[item] + [self.sep_id]
+
+    def history(self, items, max_length):
+        """[CLS] newest item [SEP] the one before [SEP] ... (``items`` oldest first), cut at ``max_length``."""
+        tokens = [self.cls_id]
+        for item in reversed(items):
+            tokens += self.ids[item] + [self.sep_id]
+            if len(tokens) >= max_length:
+                break
+        return tokens[:max_length]
+
+    def pair(self, items, candidate, max_length):
+        """``history(items)`` (cut first) followed by the candidate's text and [SEP], at most ``max_length``
+        tokens; the candidate always fits."""
+        tail = self.ids[candidate][: max(max_length - 2, 0)] + [self.sep_id]
+        return self.history(items, max_length - len(tail)) + tail
+
+
 def pool(hidden, attention_mask, pooling):
     """``cls``: hidden state of the first token; ``mean``: attention-mask-weighted mean over the tokens."""
     if pooling == "cls":
@@ -231,13 +295,7 @@ def encode_texts(texts, tokenizer, model, pooling="cls", max_length=512, token_b
     progress = tqdm(total=len(encoded), desc=desc, disable=not show_progress, ncols=100, unit="item")
     with torch.inference_mode():
         for batch in token_budget_batches([len(ids) for ids in encoded], token_budget):
-            width = max(len(encoded[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, index in enumerate(batch):
-                ids = encoded[index]
-                input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-                attention_mask[row, : len(ids)] = 1
+            input_ids, attention_mask = pad_batch([encoded[i] for i in batch], pad_id)
             input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
             hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             out[torch.tensor(batch)] = pool(hidden, attention_mask, pooling).float().cpu()

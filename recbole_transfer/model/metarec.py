@@ -25,6 +25,8 @@ TARGET_DOMAIN = 0  # domain index of the target; sources are 1..M in source_data
 
 
 class MetaRec(LRURec):
+    yaml_bases = ("LRURec",)
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
 

@@ -17,8 +17,6 @@ No encoder weights live in the model: serving costs what stock SASRec / BERT4Rec
 """
 import json
 import os
-import shutil
-import tempfile
 import time
 
 import torch
@@ -99,25 +97,6 @@ def encoder_item_max_length(encoder, default):
         return int(json.load(f).get("item_max_length", default))
 
 
-def _atomic_folder(write, folder):
-    """``write(tmp_folder)`` then swap it in place of ``folder``: readers see the old folder or the new one."""
-    parent = os.path.dirname(os.path.abspath(folder))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o777 & ~compat.current_umask())  # mkdtemp makes 0700 folders
-        old = None
-        if os.path.exists(folder):
-            old = tempfile.mkdtemp(prefix=".old-", dir=parent)
-            os.replace(folder, os.path.join(old, "x"))
-        os.replace(tmp, folder)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-
 
 # --- behavior tuning --------------------------------------------------------------------------------------------
 class BehaviorTuning(SequentialRecommender):
@@ -153,34 +132,15 @@ class BehaviorTuning(SequentialRecommender):
                               layers_to_transform=None if layers is None else [int(i) for i in layers])
             encoder = get_peft_model(encoder, lora)
         self.encoder = encoder.train()
-        self.cls_id = self.tokenizer.cls_token_id if self.tokenizer.cls_token_id is not None else self.tokenizer.bos_token_id
-        self.sep_id = self.tokenizer.sep_token_id if self.tokenizer.sep_token_id is not None else self.tokenizer.eos_token_id
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-
-        # every item's text as token ids (no special tokens), once; row 0 is the padding item
-        self.item_token_ids = self.tokenizer(list(dataset.item_texts), add_special_tokens=False, truncation=True,
-                                             max_length=self.item_max_length)["input_ids"]
+        # every item's text as token ids, once; row 0 is the padding item
+        self.item_tokens = text.ItemTokens(self.tokenizer, dataset.item_texts, self.item_max_length)
 
     def sequence_tokens(self, history):
         """[CLS] newest item [SEP] the one before [SEP] ... cut at ``bt_seq_max_length`` tokens."""
-        tokens = [self.cls_id]
-        for item in reversed(history):
-            tokens += self.item_token_ids[item] + [self.sep_id]
-            if len(tokens) >= self.seq_max_length:
-                break
-        return tokens[: self.seq_max_length]
-
-    def item_tokens(self, item):
-        """[CLS] text [SEP], as the item vectors are encoded afterwards (``data.text.encode_texts``)."""
-        return [self.cls_id] + self.item_token_ids[item] + [self.sep_id]
+        return self.item_tokens.history(history, self.seq_max_length)
 
     def encode(self, token_lists):
-        width = max(len(t) for t in token_lists)
-        input_ids = torch.full((len(token_lists), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(token_lists), width), dtype=torch.long)
-        for row, tokens in enumerate(token_lists):
-            input_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-            attention_mask[row, : len(tokens)] = 1
+        input_ids, attention_mask = text.pad_batch(token_lists, self.item_tokens.pad_id)
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return text.pool(hidden, attention_mask, self.pooling)
@@ -190,7 +150,7 @@ class BehaviorTuning(SequentialRecommender):
         lengths = interaction[self.ITEM_SEQ_LEN].tolist()
         targets = interaction[self.POS_ITEM_ID]
         sequences = self.encode([self.sequence_tokens(seq[:n]) for seq, n in zip(item_seq, lengths)])
-        items = self.encode([self.item_tokens(i) for i in targets.tolist()])
+        items = self.encode([self.item_tokens.item(i) for i in targets.tolist()])
         logits = F.normalize(sequences, dim=-1) @ F.normalize(items, dim=-1).T / self.temperature
         # another row with the same next item is not a negative
         same = (targets.unsqueeze(1) == targets.unsqueeze(0)) & ~torch.eye(len(targets), dtype=torch.bool,
@@ -229,7 +189,7 @@ class BehaviorTuning(SequentialRecommender):
             with open(os.path.join(tmp, TUNING_INFO), "w", encoding="utf-8") as f:
                 json.dump(info, f, indent=2)
 
-        _atomic_folder(write, folder)
+        text.atomic_folder(write, folder)
         return folder
 
 

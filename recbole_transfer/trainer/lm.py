@@ -3,6 +3,9 @@
 ``BehaviorTuningTrainer``: trains a text encoder for ``epochs`` epochs without evaluation (the tuned encoder's use
 is downstream, and a target's validation split must not steer FT), keeps the resumable checkpoint after every epoch
 (``PretrainTrainer``) and exports the encoder folder after the last epoch.
+
+``PromptLoRATrainer``: RecBole's training with early stopping; every new best-validation model is also exported
+as a PromptLoRA folder (adapter + head, ``model.xcross``), so the folder always holds the best adapter.
 """
 import os
 import time
@@ -49,3 +52,20 @@ class BehaviorTuningTrainer(PretrainTrainer):
         self.snapshots.append(folder)
         if verbose:
             self.logger.info(set_color("Saving tuned encoder", "blue") + f": {folder}")
+
+
+class PromptLoRATrainer(Trainer):
+    def output_folder(self):
+        """``adapter_dir``, else ``<checkpoint_dir>/PromptLoRA-<dataset>`` (+ ``-head`` for a head-only run)."""
+        if not is_unset(self.config["adapter_dir"]):
+            return str(self.config["adapter_dir"])
+        suffix = "-head" if self.config["xc_train_part"] == "head" else ""
+        return os.path.join(self.checkpoint_dir, f"{self.config['model']}-{self.config['dataset']}{suffix}")
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        super()._save_checkpoint(epoch, verbose=verbose, **kwargs)
+        if self.config["single_spec"] or self.config["local_rank"] == 0:
+            folder = self.model.export(self.output_folder(), {"dataset": self.config["dataset"], "epoch": epoch + 1,
+                                                              "best_valid_score": float(self.best_valid_score)})
+            if verbose:
+                self.logger.info(set_color("Saving adapter", "blue") + f": {folder}")

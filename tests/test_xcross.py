@@ -1,0 +1,153 @@
+"""X-Cross and PromptLoRA: prompts, popularity negatives, the integrator, frozen sources, RecBole evaluation."""
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import FAST, cut_users
+
+from recbole_transfer.model.xcross import popularity_negatives
+
+SMALL = dict(FAST, xc_max_length=64, xc_history_items=5, xc_negatives=4, train_batch_size=4, lora_r=4,
+             eval_batch_size=150, epochs=1)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("xcross_data")
+    cut_users("Tools", 20, root)
+    return root
+
+
+def _build(model, data_root, tmp_path, **extra):
+    from recbole_transfer.quick_start import build
+
+    return build(model, "Tools", config_dict=dict(SMALL, data_path=str(data_root),
+                                                   checkpoint_dir=str(tmp_path / "saved"), **extra))
+
+
+@pytest.fixture(scope="module")
+def sources(data_root, tmp_path_factory):
+    """Two PromptLoRA folders with non-trivial adapters and heads (random, seeded)."""
+    folder = tmp_path_factory.mktemp("sources")
+    paths = []
+    with pytest.MonkeyPatch.context() as patch:  # module scope: set up before the per-test argv/cwd fixture
+        patch.setattr(sys, "argv", ["run_recbole_transfer.py"])
+        patch.chdir(folder)
+        for seed in (1, 2):
+            paths.append(_random_source(data_root, folder, seed))
+    return paths
+
+
+def _random_source(data_root, folder, seed):
+    _, model, _, _ = _build("PromptLoRA", data_root, folder, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name or name.startswith("head."):
+                param.copy_(0.05 * torch.randn(param.shape, generator=generator))
+    return model.export(str(folder / f"source{seed}"))
+
+
+def test_popularity_negatives_never_include_the_positive(data_root, tmp_path):
+    _, model, _, (train, _, _) = _build("PromptLoRA", data_root, tmp_path)
+    counts = model.item_counts
+    positives = next(iter(train))["item_id"].repeat(50)
+    negatives = popularity_negatives(positives, counts, 20, torch.Generator().manual_seed(0))
+    assert negatives.shape == (len(positives), 20)
+    assert not bool((negatives == positives.unsqueeze(1)).any())
+    assert not bool((negatives == 0).any()) and bool((counts[negatives] > 0).all())
+    assert all(len(set(row)) == 20 for row in negatives.tolist())
+    drawn = torch.bincount(negatives.flatten(), minlength=len(counts)).float()
+    popular, rare = counts.argmax(), (counts == counts[counts > 0].min()).nonzero().flatten()
+    assert drawn[popular] > drawn[rare].mean()
+
+
+def test_prompt_history_is_the_users_items_before_the_target(data_root, tmp_path):
+    """Against the user's sequence read from the atomic file: the prompt shows the <= 5 items right before the
+    target's position, never the target or anything after it."""
+    config, model, _, (train, _, _) = _build("PromptLoRA", data_root, tmp_path)
+    frame = pd.read_csv(data_root / "Tools" / "Tools.inter", sep="\t", dtype=str)
+    frame.columns = [c.split(":")[0] for c in frame.columns]
+    frame["timestamp"] = frame["timestamp"].astype(float)
+    sequences = {u: list(g.sort_values("timestamp", kind="stable")["item_id"]) for u, g in frame.groupby("user_id")}
+    dataset = train._dataset
+    user_tokens, item_tokens = dataset.field2id_token["user_id"], dataset.field2id_token["item_id"]
+    checked = 0
+    for batch in train:
+        for user, seq, length, target in zip(batch["user_id"].tolist(), batch["item_id_list"].tolist(),
+                                             batch["item_length"].tolist(), batch["item_id"].tolist()):
+            full = sequences[user_tokens[user]]
+            position = length  # the target is the (length+1)-th item of the user's sequence
+            assert full[position] == item_tokens[target]
+            shown = [item_tokens[i] for i in model.prompt_history(seq, length)]
+            assert shown == full[max(0, position - 5):position]
+            checked += 1
+    assert checked == len(dataset.inter_feat)
+
+
+def test_xcross_without_integration_reproduces_the_chosen_source(data_root, tmp_path, sources):
+    _, source, _, (train, _, _) = _build("PromptLoRA", data_root, tmp_path, init_adapter=sources[1])
+    _, xcross, _, _ = _build("XCross", data_root, tmp_path, xcross_sources=sources, xcross_alpha=0.0,
+                             xcross_beta=0.0, xcross_head_source=1)
+    with torch.no_grad():
+        xcross.source_weights.copy_(torch.tensor([0.0, 1.0]))
+        for integrator in xcross.integrators:  # any integrator weights: alpha = beta = 0 ignores them
+            integrator.weight.normal_()
+    source.eval(), xcross.eval()
+    batch = next(iter(train))
+    candidates = torch.stack([batch["item_id"], batch["item_id"] % (source.n_items - 1) + 1], dim=1)
+    tokens = source.prompt_tokens(batch["item_id_list"], batch["item_length"], candidates)
+    with torch.no_grad():
+        expected, got = source.score_prompts(tokens), xcross.score_prompts(tokens)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    with torch.no_grad():  # the other source differs: the test can tell them apart
+        xcross.source_weights.copy_(torch.tensor([1.0, 0.0]))
+        assert not torch.allclose(xcross.score_prompts(tokens), expected, atol=1e-3)
+
+
+def test_xcross_trains_only_its_integration_and_leaves_the_sources_bit_identical(data_root, tmp_path, sources):
+    _, model, trainer, (train, _, _) = _build("XCross", data_root, tmp_path, xcross_sources=sources,
+                                              xcross_layers=2, learning_rate=1e-2)
+    n, d = 2, model.language_model.config.hidden_size
+    for integrator in model.integrators:
+        assert integrator.weight.numel() == 2 * n * (n - 1) * n * d
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"integrators.0.weight", "integrators.1.weight", "source_weights", "head.pooler.weight",
+                         "head.pooler.bias", "head.scorer.weight", "head.scorer.bias"}
+    frozen = {name: p.detach().clone() for name, p in model.named_parameters() if not p.requires_grad}
+    assert any("lora_A.source1" in name for name in frozen)
+    before = model.integrators[0].weight.detach().clone()
+    for batch, _ in zip(train, range(3)):
+        trainer.optimizer.zero_grad()
+        loss = model.calculate_loss(batch)
+        loss.backward()
+        trainer.optimizer.step()
+    assert torch.isfinite(loss)
+    assert not torch.equal(model.integrators[0].weight, before)
+    for name, p in model.named_parameters():
+        if name in frozen:
+            assert torch.equal(p, frozen[name]), name
+
+
+def test_prompt_lora_export_round_trip_and_pop29_evaluation(data_root, tmp_path):
+    from recbole_transfer.quick_start import run_recbole_transfer
+
+    result = run_recbole_transfer("PromptLoRA", "Tools", config_dict=dict(
+        SMALL, data_path=str(data_root), checkpoint_dir=str(tmp_path / "saved")))
+    assert set(result["test_result"]) == {"hit@1", "hit@3", "hit@10", "mrr@1", "mrr@3", "mrr@10"}
+    assert result["test_result"]["hit@10"] >= result["test_result"]["hit@3"] >= result["test_result"]["hit@1"]
+    exported = tmp_path / "saved" / "PromptLoRA-Tools"  # the best-validation adapter, ready for XCross
+    assert (exported / "adapter_model.safetensors").is_file() and (exported / "prompt_head.pt").is_file()
+
+    _, model, _, (train, _, _) = _build("PromptLoRA", data_root, tmp_path)
+    folder = model.export(str(tmp_path / "exported"))
+    _, loaded, _, _ = _build("PromptLoRA", data_root, tmp_path, init_adapter=folder, xc_train_part="head")
+    model.eval(), loaded.eval()
+    batch = next(iter(train))
+    tokens = model.prompt_tokens(batch["item_id_list"], batch["item_length"], batch["item_id"].unsqueeze(1))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.score_prompts(tokens), model.score_prompts(tokens), rtol=0, atol=1e-6)
+    assert {n for n, p in loaded.named_parameters() if p.requires_grad} == {
+        "head.pooler.weight", "head.pooler.bias", "head.scorer.weight", "head.scorer.bias"}
