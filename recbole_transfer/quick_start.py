@@ -67,6 +67,8 @@ def run_recbole_transfer(model=None, dataset=None, config_file_list=None, config
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data if evaluates else None, saved=saved, show_progress=config["show_progress"]
     )
+    # --epochs=0 (e.g. zero-shot evaluation of a loaded adapter): no checkpoint was written, test the model as is
+    saved = saved and config["epochs"] > 0
     test_result = (
         trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
         if evaluates else None

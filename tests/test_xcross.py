@@ -151,3 +151,11 @@ def test_prompt_lora_export_round_trip_and_pop29_evaluation(data_root, tmp_path)
         torch.testing.assert_close(loaded.score_prompts(tokens), model.score_prompts(tokens), rtol=0, atol=1e-6)
     assert {n for n, p in loaded.named_parameters() if p.requires_grad} == {
         "head.pooler.weight", "head.pooler.bias", "head.scorer.weight", "head.scorer.bias"}
+
+
+def test_zero_shot_evaluation_of_a_source_adapter(data_root, tmp_path, sources):
+    from recbole_transfer.quick_start import run_recbole_transfer
+
+    result = run_recbole_transfer("PromptLoRA", "Tools", config_dict=dict(
+        SMALL, data_path=str(data_root), checkpoint_dir=str(tmp_path / "saved"), epochs=0, init_adapter=sources[0]))
+    assert result["checkpoint"] is None and 0 <= result["test_result"]["mrr@10"] <= 1
