@@ -159,3 +159,16 @@ def test_zero_shot_evaluation_of_a_source_adapter(data_root, tmp_path, sources):
     result = run_recbole_transfer("PromptLoRA", "Tools", config_dict=dict(
         SMALL, data_path=str(data_root), checkpoint_dir=str(tmp_path / "saved"), epochs=0, init_adapter=sources[0]))
     assert result["checkpoint"] is None and 0 <= result["test_result"]["mrr@10"] <= 1
+
+
+def test_training_set_size_control(data_root, tmp_path):
+    def rows(**extra):
+        _, _, _, (train, valid, _) = _build("PromptLoRA", data_root, tmp_path, max_train_examples=10, **extra)
+        return train._dataset.inter_feat, len(valid._dataset.inter_feat)
+
+    first, n_valid = rows(train_subset_seed=1)
+    again, _ = rows(train_subset_seed=1)
+    other, n_valid_other = rows(train_subset_seed=2)
+    assert len(first) == 10 and torch.equal(first["item_id_list"], again["item_id_list"])
+    assert not torch.equal(first["item_id_list"], other["item_id_list"])
+    assert n_valid == n_valid_other == 20  # one validation row per user, whatever the subset

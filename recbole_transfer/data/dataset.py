@@ -135,42 +135,51 @@ class TextSequentialDataset(SequentialDataset):
 
 
 class ItemTextDataset(TextSequentialDataset):
-    """Item texts without vectors: for models that run the language model themselves (behavior tuning, prompts)."""
+    """Item texts without vectors: for models that run the language model themselves (behavior tuning, prompts).
+    ``max_train_examples`` > 0 keeps a random subset of that many training examples (seeded by
+    ``train_subset_seed``, else ``seed``): training-set-size studies. Validation and test are untouched."""
 
     reads_item_text = True
 
     def text_encoder(self):
         return None
 
-
-class BehaviorTuningDataset(ItemTextDataset):
-    """Item texts for tuning the encoder itself. The training split keeps each user's last ``prefixes_per_user``
-    training examples (0 keeps all), then at most ``max_train_examples`` of them (a seeded random subset; 0 = no
-    limit). Validation and test stay RecBole's leave-one-out rows, and the trainer never reads them, so nothing
-    after a user's training interactions is seen."""
+    def training_rows(self, train):
+        """Row indices of the training split to keep before the size limit (all of them)."""
+        return np.arange(len(train.inter_feat))
 
     def build(self):
         datasets = super().build()
-        keep = self.config["prefixes_per_user"]
-        if keep:
-            users = datasets[0].inter_feat[self.uid_field].numpy()
-            order = np.argsort(users, kind="stable")  # rows of one user stay in time order
-            sorted_users = users[order]
-            last = np.r_[sorted_users[1:] != sorted_users[:-1], True]  # a user's last row in the sorted order
-            # rows from the end of the user's group: 0 for the last, 1 for the one before, ...
-            end_index = np.minimum.accumulate(np.where(last, np.arange(len(order)), len(order))[::-1])[::-1]
-            from_end = end_index - np.arange(len(order))
-            rows = np.sort(order[from_end < int(keep)])
-        else:
-            rows = np.arange(len(datasets[0].inter_feat))
+        train = datasets[0]
+        rows = self.training_rows(train)
         limit = self.config["max_train_examples"]
         if limit and len(rows) > int(limit):  # a seeded random subset, in the original order
-            rng = np.random.default_rng(self.config["seed"])
+            seed = self.config["train_subset_seed"]
+            rng = np.random.default_rng(self.config["seed"] if seed is None else int(seed))
             rows = np.sort(rng.choice(rows, size=int(limit), replace=False))
-        if len(rows) < len(datasets[0].inter_feat):
-            train = datasets[0]
+        if len(rows) < len(train.inter_feat):
             datasets[0] = train.copy(train.inter_feat[torch.from_numpy(rows)])
         return datasets
+
+
+class BehaviorTuningDataset(ItemTextDataset):
+    """Item texts for tuning the encoder itself. The training split keeps each user's last ``prefixes_per_user``
+    training examples (0 keeps all), then at most ``max_train_examples`` of them. Validation and test stay
+    RecBole's leave-one-out rows, and the trainer never reads them, so nothing after a user's training
+    interactions is seen."""
+
+    def training_rows(self, train):
+        keep = self.config["prefixes_per_user"]
+        if not keep:
+            return super().training_rows(train)
+        users = train.inter_feat[self.uid_field].numpy()
+        order = np.argsort(users, kind="stable")  # rows of one user stay in time order
+        sorted_users = users[order]
+        last = np.r_[sorted_users[1:] != sorted_users[:-1], True]  # a user's last row in the sorted order
+        # rows from the end of the user's group: 0 for the last, 1 for the one before, ...
+        end_index = np.minimum.accumulate(np.where(last, np.arange(len(order)), len(order))[::-1])[::-1]
+        from_end = end_index - np.arange(len(order))
+        return np.sort(order[from_end < int(keep)])
 
 
 class PLMInitDataset(TextSequentialDataset):
