@@ -54,9 +54,12 @@ def _fit(model, dataset, config_dict, queue, sampled=None, config_files=None):
 
     trainer._train_epoch = timed_train_epoch
     start = time.time()
-    trainer.fit(train, valid, saved=True, show_progress=False)
+    _, best_valid = trainer.fit(train, valid, saved=True, show_progress=False)
+    if config["epochs"] == 0:  # zero-shot: the loaded model's validation result, for choosing among models
+        best_valid = trainer.evaluate(valid, load_best_model=False)
     fit_seconds = time.time() - start
-    test_result = trainer.evaluate(test, load_best_model=True)
+    # epochs=0: nothing trained and no checkpoint (zero-shot evaluation of a loaded model)
+    test_result = trainer.evaluate(test, load_best_model=config["epochs"] > 0)
     sampled_result = _sampled_test(model, dataset, config_dict, net, type(trainer), sampled) if sampled else None
     queue.put({
         "test": {k: float(v) for k, v in test_result.items()},
@@ -68,7 +71,8 @@ def _fit(model, dataset, config_dict, queue, sampled=None, config_files=None):
         "total": sum(p.numel() for p in net.parameters()),
         "hidden": config["hidden_size"],
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "checkpoint": trainer.saved_model_file,
+        "checkpoint": trainer.saved_model_file if config["epochs"] > 0 else None,
+        "best_valid": {k: float(v) for k, v in (best_valid or {}).items()},
         # trainers with their own update loop (MetaTrainer) time each iteration
         "iteration_seconds": statistics.median(trainer.iteration_seconds)
         if getattr(trainer, "iteration_seconds", None) else None,

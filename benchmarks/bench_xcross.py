@@ -1,0 +1,91 @@
+"""X-Cross on one target, in one run: a PromptLoRA adapter per source domain, then on the target the zero-shot
+sources, Pooler+Scorer of the best source, a new LoRA, X-Cross and its ablations (Hit@1/3/10, MRR@10 on 30
+popularity-sampled candidates; trainable parameters), and the learning curve of X-Cross and LoRA over
+training-set sizes (several random subsets each).
+
+    python benchmarks/bench_xcross.py --target=Tools --sources=Sports,Electronics [--sizes=50,100,250,500,1000]
+        [--subsets=3] [--key=value ...]
+
+``--key=value`` pairs go to every run. Rows are appended to ``--out`` as they finish (rows already there are
+skipped); source adapters and results are kept in ``<out>.json``.
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import fit_and_measure, machine  # noqa: E402
+
+METRICS = ["hit@1", "hit@3", "hit@10", "mrr@10"]
+ABLATIONS = [("X-Cross", {}), ("X-Cross -Layers (alpha=beta=0)", {"xcross_alpha": 0.0, "xcross_beta": 0.0}),
+             ("X-Cross -Interactions (beta=0)", {"xcross_beta": 0.0}), ("X-Cross -Experts (alpha=0)", {"xcross_alpha": 0.0})]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--target", default="Tools")
+    parser.add_argument("--sources", default="Sports,Electronics")
+    parser.add_argument("--sizes", default="50,100,250,500,1000", help="training-set sizes of the learning curve")
+    parser.add_argument("--subsets", type=int, default=3, help="random subsets per size")
+    parser.add_argument("--out", default=None)
+    args, overrides = parser.parse_known_args()
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from recbole_transfer.config import parse_cli_overrides
+
+    common = parse_cli_overrides(overrides)
+    sources = [s for s in args.sources.split(",") if s]
+    out = args.out or os.path.join("results", f"bench_xcross_{args.target}.md")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    if not os.path.isfile(out):
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(f"<!-- {machine()}; common: {json.dumps(common)} -->\n"
+                    f"| run | dataset | train examples | trainable / total | epochs | {' | '.join(METRICS)} | s/epoch |\n"
+                    "|" + "---|" * (6 + len(METRICS)) + "\n")
+    state_file = out + ".json"
+    state = json.load(open(state_file, encoding="utf-8")) if os.path.isfile(state_file) else {}
+
+    def save_state():
+        with open(state_file, "w", encoding="utf-8") as f:
+            json.dump(state, f, indent=1)
+
+    def row(label, model, dataset, settings, examples="all"):
+        key = f"| {label} | {dataset} | {examples} |"
+        if key in state:
+            return state[key]
+        result = fit_and_measure(model, dataset, dict(common, **settings))
+        line = (f"{key} {result['trainable']:,} / {result['total']:,} | {result['epochs']} | "
+                + " | ".join(f"{result['test'][m]:.4f}" for m in METRICS) + f" | {result['epoch_seconds']:.1f} |")
+        print(line, flush=True)
+        with open(out, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+        state[key] = {"valid": result["best_valid"], "test": result["test"]}
+        save_state()
+        return state[key]
+
+    adapters = {}
+    for source in sources:  # one adapter per source domain, tested on its own domain
+        adapters[source] = os.path.join("saved", f"PromptLoRA-{source}")
+        row(f"PromptLoRA on {source}", "PromptLoRA", source, {"adapter_dir": adapters[source]})
+
+    zero_shot = {s: row(f"zero-shot {s} adapter", "PromptLoRA", args.target, {"epochs": 0, "init_adapter": adapters[s]})
+                 for s in sources}
+    best = max(sources, key=lambda s: zero_shot[s]["valid"].get("mrr@10", 0.0))  # chosen on validation
+    row(f"Pooler+Scorer of {best} (best zero-shot on valid)", "PromptLoRA", args.target,
+        {"init_adapter": adapters[best], "xc_train_part": "head"})
+    row("new LoRA on the target", "PromptLoRA", args.target, {})
+    xcross = {"xcross_sources": [adapters[s] for s in sources]}
+    for label, settings in ABLATIONS:
+        row(label, "XCross", args.target, dict(xcross, **settings))
+
+    for size in [int(s) for s in args.sizes.split(",") if s]:
+        for subset in range(args.subsets):
+            limit = {"max_train_examples": size, "train_subset_seed": subset}
+            row(f"X-Cross, subset {subset}", "XCross", args.target, dict(xcross, **limit), examples=size)
+            row(f"new LoRA, subset {subset}", "PromptLoRA", args.target, limit, examples=size)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
