@@ -72,8 +72,6 @@ def test_model_patch_bottleneck():
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_pretraining_loss_falls_and_ranks(data_root, tmp_path, causal):
-    from recbole_transfer.quick_start import run_recbole_transfer
-
     config, model, trainer, (train, valid, test) = _build(data_root, tmp_path, causal=causal)
     losses = [trainer._train_epoch(train, epoch) for epoch in range(3)]
     assert losses[-1] < losses[0]

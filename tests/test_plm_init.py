@@ -159,8 +159,6 @@ def test_trainable_mode_trains_the_table(data_root, text_cache, tmp_path):
 
 def test_saved_model_is_stock_sasrec(data_root, text_cache, tmp_path, tuned):
     """No encoder weights in the checkpoint: stock SASRec loads it and ranks identically."""
-    from recbole.model.sequential_recommender import SASRec
-
     from recbole_transfer.quick_start import run_recbole_transfer
 
     result = run_recbole_transfer("PLMInitSASRec", "Scientific", config_dict=_init_config(
