@@ -10,13 +10,12 @@ meta iteration and a joint step read the same batches, so their ratio is the pri
 skipped).
 """
 import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import fit_and_measure, machine  # noqa: E402
+from common import append_row, fit_and_measure, has_row, start_table  # noqa: E402
 
 # name -> (label, model, settings)
 RUNS = {
@@ -44,27 +43,19 @@ def main():
 
     common = dict(PAPER_METRICS, **parse_cli_overrides(overrides))
     out = args.out or os.path.join("results", f"bench_metarec_{args.dataset}.md")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    if not os.path.isfile(out):
-        with open(out, "w", encoding="utf-8") as f:
-            f.write(f"<!-- {machine()}; common: {json.dumps(common)} -->\n"
-                    f"| run | target | params (total) | epochs | {' | '.join(METRICS)} | s/epoch | s/iteration |\n"
-                    "|" + "---|" * (6 + len(METRICS)) + "\n")
+    start_table(out, common, ["run", "target", "params (total)", "epochs", *METRICS, "s/epoch", "s/iteration"])
     for name in args.runs.split(","):
         label, model, settings = RUNS[name]
         row = f"| {label} | {args.dataset} |"
-        with open(out, encoding="utf-8") as f:
-            if row in f.read():
-                print(f"skip {row}")
-                continue
+        if has_row(out, row):
+            print(f"skip {row}")
+            continue
         result = fit_and_measure(model, args.dataset, dict(common, **settings))
         iteration = result["iteration_seconds"]
         line = (f"{row} {result['total']:,} | {result['epochs']} | "
                 + " | ".join(f"{result['test'][m]:.4f}" for m in METRICS)
                 + f" | {result['epoch_seconds']:.1f} | {'' if iteration is None else f'{iteration:.2f}'} |")
-        print(line, flush=True)
-        with open(out, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        append_row(out, line)
     print(f"wrote {out}")
 
 

@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import fit_and_measure, machine  # noqa: E402
+from common import append_row, fit_and_measure, has_row, start_table  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (finetune_mode, patch_insertion): the paper's comparisons; parallel_e is its ablation
@@ -47,12 +47,8 @@ def main():
     task_file = os.path.join(ROOT, "properties", "task", f"{args.task}.yaml")
     metrics = PROFILE_METRICS if task["target_task"] == "profile" else ITEM_METRICS
     out = args.out or os.path.join("results", f"bench_peterrec_{args.task}.md")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    if not os.path.isfile(out):
-        with open(out, "w", encoding="utf-8") as f:
-            f.write(f"<!-- {machine()}; common: {json.dumps(common)} -->\n"
-                    f"| run | kind | mode | insertion | trainable / total (share) | epochs | {' | '.join(metrics)} "
-                    "| s/epoch |\n|" + "---|" * (7 + len(metrics)) + "\n")
+    start_table(out, common, ["run", "kind", "mode", "insertion", "trainable / total (share)", "epochs", *metrics,
+                              "s/epoch"])
     state_file = out + ".json"
     state = json.load(open(state_file, encoding="utf-8")) if os.path.isfile(state_file) else {}
 
@@ -68,19 +64,16 @@ def main():
         print(f"{key}: {state[key]}", flush=True)
         for mode, insertion in RUNS:
             label = f"| {args.task} | {kind} | {mode} | {insertion} |"
-            with open(out, encoding="utf-8") as f:
-                if label in f.read():
-                    print(f"skip {label}")
-                    continue
+            if has_row(out, label):
+                print(f"skip {label}")
+                continue
             config = dict(common, causal=causal, finetune_mode=mode, patch_insertion=insertion,
                           pretrained_path=state[key]["checkpoint"])
             result = fit_and_measure("PeterRec", args.dataset, config, config_files=[task_file])
             share = 100.0 * result["trainable"] / result["total"]
             line = (f"{label} {result['trainable']:,} / {result['total']:,} ({share:.2f}%) | {result['epochs']} | "
                     + " | ".join(f"{result['test'][m]:.4f}" for m in metrics) + f" | {result['epoch_seconds']:.1f} |")
-            print(line, flush=True)
-            with open(out, "a", encoding="utf-8") as f:
-                f.write(line + "\n")
+            append_row(out, line)
     print(f"wrote {out}")
 
 

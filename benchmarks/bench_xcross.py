@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import fit_and_measure, machine  # noqa: E402
+from common import append_row, fit_and_measure, start_table  # noqa: E402
 
 METRICS = ["hit@1", "hit@3", "hit@10", "mrr@10"]
 ABLATIONS = [("X-Cross", {}), ("X-Cross -Layers (alpha=beta=0)", {"xcross_alpha": 0.0, "xcross_beta": 0.0}),
@@ -37,12 +37,7 @@ def main():
     common = parse_cli_overrides(overrides)
     sources = [s for s in args.sources.split(",") if s]
     out = args.out or os.path.join("results", f"bench_xcross_{args.target}.md")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    if not os.path.isfile(out):
-        with open(out, "w", encoding="utf-8") as f:
-            f.write(f"<!-- {machine()}; common: {json.dumps(common)} -->\n"
-                    f"| run | dataset | train examples | trainable / total | epochs | {' | '.join(METRICS)} | s/epoch |\n"
-                    "|" + "---|" * (6 + len(METRICS)) + "\n")
+    start_table(out, common, ["run", "dataset", "train examples", "trainable / total", "epochs", *METRICS, "s/epoch"])
     state_file = out + ".json"
     state = json.load(open(state_file, encoding="utf-8")) if os.path.isfile(state_file) else {}
 
@@ -57,9 +52,7 @@ def main():
         result = fit_and_measure(model, dataset, dict(common, **settings))
         line = (f"{key} {result['trainable']:,} / {result['total']:,} | {result['epochs']} | "
                 + " | ".join(f"{result['test'][m]:.4f}" for m in METRICS) + f" | {result['epoch_seconds']:.1f} |")
-        print(line, flush=True)
-        with open(out, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        append_row(out, line)
         state[key] = {"valid": result["best_valid"], "test": result["test"]}
         save_state()
         return state[key]

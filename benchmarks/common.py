@@ -2,6 +2,7 @@
 
 Each row runs in its own spawned process so its peak resident memory (ru_maxrss) is its own.
 """
+import json
 import multiprocessing as mp
 import os
 import platform
@@ -94,6 +95,27 @@ def fit_and_measure(model, dataset, config_dict, sampled=None, config_files=None
 
 def machine():
     return f"{date.today()} {platform.node()} {platform.machine()} {os.cpu_count()} cores"
+
+
+def start_table(out, common, columns):
+    """Create the markdown file ``out`` (machine, date and shared settings as a comment, then the header of
+    ``columns``) unless it exists: benchmarks append rows and skip those already there."""
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    if not os.path.isfile(out):
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(f"<!-- {machine()}; common: {json.dumps(common)} -->\n| " + " | ".join(columns) + " |\n|"
+                    + "---|" * len(columns) + "\n")
+
+
+def has_row(out, prefix):
+    with open(out, encoding="utf-8") as f:
+        return prefix in f.read()
+
+
+def append_row(out, line):
+    print(line, flush=True)
+    with open(out, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
 
 
 def markdown_row(label, dataset, result):
