@@ -4,7 +4,8 @@ fine-tuning mode x patch insertion, with the trainable-parameter share.
     python benchmarks/bench_peterrec.py --task=beauty_to_electronics --dataset=ABE_Electronics [--key=value ...]
     python benchmarks/bench_peterrec.py --task=ml100k_gender --dataset=ml-100k [--kinds=causal] [--key=value ...]
 
-``--task`` names a file in properties/task/. ``--key=value`` pairs go to every run (pretraining included).
+``--task`` names a file in properties/task/. ``--key=value`` pairs go to every run (pretraining included);
+``--pretrain_epochs`` caps the pretraining runs only.
 Rows are appended to ``--out`` as they finish (rows already there are skipped); pretraining checkpoints are kept
 in ``<out>.json``.
 """
@@ -37,6 +38,7 @@ def main():
     parser.add_argument("--task", required=True)
     parser.add_argument("--dataset", required=True, help="the dataset that gives the labels")
     parser.add_argument("--kinds", default="causal,noncausal")
+    parser.add_argument("--pretrain_epochs", type=int, default=None, help="pretraining epochs (default: --epochs)")
     parser.add_argument("--out", default=None)
     args, overrides = parser.parse_known_args()
     sys.path.insert(0, ROOT)
@@ -56,7 +58,10 @@ def main():
         causal = kind == "causal"
         key = f"pretrain {kind}"
         if key not in state:  # pretraining on the source, evaluated on its next (masked) item
-            result = fit_and_measure("PeterRec", task["source_dataset"], dict(common, causal=causal))
+            pretrain = dict(common, causal=causal)
+            if args.pretrain_epochs is not None:
+                pretrain["epochs"] = args.pretrain_epochs
+            result = fit_and_measure("PeterRec", task["source_dataset"], pretrain)
             state[key] = {"checkpoint": result["checkpoint"], "test": result["test"],
                           "epoch_seconds": result["epoch_seconds"]}
             with open(state_file, "w", encoding="utf-8") as f:

@@ -56,20 +56,33 @@ def current_umask():
     return umask
 
 
-def atomic_torch_save(obj, path):
-    """Write to a temporary file in the same folder, then rename: an interrupted save never leaves half a file."""
+def atomic_write(path, write, suffix=""):
+    """``write(tmp_path)`` into a temporary file in the same folder, then rename: an interrupted write never leaves
+    half a file at ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pth")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        write(tmp)
         # mkstemp creates 0600 files; give the result the mode a plain open() would (0666 minus the umask)
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def atomic_torch_save(obj, path):
+    atomic_write(path, lambda tmp: torch.save(obj, tmp), suffix=".pth")
+
+
+def atomic_write_text(path, text):
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    atomic_write(path, write)
 
 
 def _safe_save_checkpoint(self, epoch, verbose=True, **kwargs):

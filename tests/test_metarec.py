@@ -163,6 +163,12 @@ def test_source_tables_and_parameter_counts(data_root, tmp_path):
     total = sum(p.numel() for p in model.parameters())
     shared = sum(p.numel() for n, p in model.named_parameters() if n in trainer.shared_names)
     assert total - shared == source_params
+    # each parameter has exactly one optimizer: RecBole's the shared ones, the source optimizer the source tables
+    in_main = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    in_source = {id(p) for group in trainer.source_optimizer.param_groups for p in group["params"]}
+    named = dict(model.named_parameters())
+    assert in_main == {id(named[n]) for n in trainer.shared_names}
+    assert in_source == {id(p) for n, p in named.items() if n.startswith("source_")}
 
 
 def test_bad_source_settings_are_one_line_errors(data_root, tmp_path):

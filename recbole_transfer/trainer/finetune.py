@@ -2,7 +2,8 @@
 
 ``TargetTaskTrainer``: item targets use RecBole's evaluation (full ranking over the target items); profile targets
 (one label per user) report accuracy and macro-F1, and the same two for LabelCS, the majority label of the training
-split, as the floor a model must beat. ``valid_metric`` for profiles: accuracy or macro_f1.
+split, as the floor a model must beat. ``valid_metric`` for profiles: accuracy or macro_f1. With several processes
+the ranks' predictions are gathered, so every rank computes both over all evaluated users.
 """
 from collections import OrderedDict
 
@@ -24,6 +25,21 @@ def accuracy_and_macro_f1(predicted, label, n_classes):
 
 
 class TargetTaskTrainer(Trainer):
+    @staticmethod
+    def _gather_over_ranks(users, predicted, labels):
+        """Every rank's predictions, each user once: the distributed sampler repeats a few users so that all
+        ranks get equally many, which would count them twice."""
+        import torch.distributed as dist
+
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, (users, predicted, labels))
+        users, predicted, labels = (torch.cat(column) for column in zip(*parts))
+        order = torch.argsort(users, stable=True)
+        users, predicted, labels = users[order], predicted[order], labels[order]
+        first = torch.ones_like(users, dtype=torch.bool)
+        first[1:] = users[1:] != users[:-1]
+        return users[first], predicted[first], labels[first]
+
     def __init__(self, config, model):
         super().__init__(config, model)
         self.is_profile = config["target_task"] == "profile"
@@ -42,12 +58,16 @@ class TargetTaskTrainer(Trainer):
             self.model.load_other_parameter(checkpoint.get("other_parameter"))
         self.model.eval()
         item_field = self.config["ITEM_ID_FIELD"]
-        predicted, labels = [], []
+        user_field = self.config["USER_ID_FIELD"]
+        users, predicted, labels = [], [], []
         for batch in eval_data:
             interaction = batch[0].to(self.device)
+            users.append(interaction[user_field].cpu())
             predicted.append(self.model.full_sort_predict(interaction).argmax(1).cpu())
             labels.append(interaction[item_field].cpu())
-        predicted, labels = torch.cat(predicted), torch.cat(labels)
+        users, predicted, labels = torch.cat(users), torch.cat(predicted), torch.cat(labels)
+        if not self.config["single_spec"]:
+            users, predicted, labels = self._gather_over_ranks(users, predicted, labels)
         majority = self.model.majority_label
         n_classes = self.model.n_items
         accuracy, macro_f1 = accuracy_and_macro_f1(predicted, labels, n_classes)

@@ -101,8 +101,6 @@ class MetaTrainer(Trainer):
         super().__init__(config, model)
         if config["transfer"] not in TRANSFERS:
             raise UserInputError(f"transfer must be one of {', '.join(TRANSFERS)}; got '{config['transfer']}'")
-        if not config["single_spec"]:
-            raise UserInputError("MetaRec's meta updates run in one process; train it without nproc/world_size")
         self.transfer = config["transfer"]
         self.n_tasks = int(config["meta_tasks"])
         self.inner_steps = int(config["inner_steps"])
@@ -116,8 +114,12 @@ class MetaTrainer(Trainer):
         named = dict(model.named_parameters())
         self.shared_names = [n for n, p in named.items() if p.requires_grad and not model.is_source_parameter(n)]
         source_params = [p for n, p in named.items() if model.is_source_parameter(n)]
+        # RecBole's optimizer takes the shared parameters only: the source tables have their own
+        self.optimizer = self._build_optimizer(params=[named[n] for n in self.shared_names])
         self.source_optimizer = torch.optim.Adam(source_params, lr=self.learning_rate) if source_params else None
-        self.generator = torch.Generator().manual_seed(int(config["seed"]))
+        self.distributed = not config["single_spec"]
+        # each rank draws its own sources and source rows (with one process: the seed itself)
+        self.generator = torch.Generator().manual_seed(int(config["seed"]) + int(config["local_rank"] or 0))
         self.iteration_seconds = []  # wall time of every iteration (meta or joint), for the benchmark
 
     def _sample_domains(self, n_sources):
@@ -133,16 +135,42 @@ class MetaTrainer(Trainer):
         rows = torch.randint(len(source.interaction), (self.source_batch_size,), generator=self.generator)
         return source.interaction[rows].to(self.device)
 
-    def _step_source_tables(self, grads_by_domain):
-        if self.source_optimizer is None:
-            return
-        self.source_optimizer.zero_grad()
+    def _set_source_grads(self, grads_by_domain):
         params = dict(self.model.named_parameters())
         for grads in grads_by_domain:
             for name, grad in grads.items():
                 if grad is not None and self.model.is_source_parameter(name):
                     params[name].grad = grad if params[name].grad is None else params[name].grad + grad
-        self.source_optimizer.step()
+
+    def _average_gradients_over_ranks(self):
+        """Data-parallel training: every rank ends with the mean of the ranks' gradients. A parameter no rank has a
+        gradient for (a source nobody sampled) keeps none, so Adam leaves it alone as it would in one process."""
+        if not self.distributed:
+            return
+        import torch.distributed as dist
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        present = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=self.device)
+        dist.all_reduce(present)
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+        dist.all_reduce(flat)
+        flat /= dist.get_world_size()
+        offset = 0
+        for p, used in zip(params, present.tolist()):
+            p.grad = flat[offset: offset + p.numel()].view_as(p).clone() if used else None
+            offset += p.numel()
+
+    def _apply_gradients(self):
+        self._average_gradients_over_ranks()
+        self._clip()
+        self.optimizer.step()
+        if self.source_optimizer is not None:
+            self.source_optimizer.step()
+
+    def _zero_grad(self):
+        self.optimizer.zero_grad()
+        if self.source_optimizer is not None:
+            self.source_optimizer.zero_grad()
 
     def meta_step(self, target_batches, domains, sources):
         """One meta iteration; returns the mean target loss at the adapted parameters."""
@@ -159,34 +187,29 @@ class MetaTrainer(Trainer):
             losses.append(loss)
             first_grads.append(first)
         weights = rescaling_weights(meta_grads, source_steps, self.tau, self.rescale)
-        self.optimizer.zero_grad()
+        self._zero_grad()
         for name in self.shared_names:
             params[name].grad = sum(w * g[name] for w, g in zip(weights[name], meta_grads))
-        self._clip()
-        self.optimizer.step()
-        self._step_source_tables(first_grads)
+        self._set_source_grads(first_grads)
+        self._apply_gradients()
         return torch.stack(losses).mean()
 
     def joint_step(self, target_batches, domains, sources):
         """The ablation without meta transfer: one ordinary step on the mean of the same batches' losses."""
-        self.optimizer.zero_grad()
-        if self.source_optimizer is not None:
-            self.source_optimizer.zero_grad()
+        self._zero_grad()
         losses = []
         for target_batch, domain in zip(target_batches, domains):
             losses.append(self.model.domain_loss(target_batch, TARGET_DOMAIN))
             losses.append(self.model.domain_loss(self._source_batch(sources[domain - 1]), domain))
         loss = torch.stack(losses).mean()
         loss.backward()
-        self._clip()
-        self.optimizer.step()
-        if self.source_optimizer is not None:
-            self.source_optimizer.step()
+        self._apply_gradients()
         return loss.detach()
 
     def _clip(self):
         if self.clip_grad_norm:
-            nn.utils.clip_grad_norm_(self.model.parameters(), **self.clip_grad_norm)
+            nn.utils.clip_grad_norm_([p for n, p in self.model.named_parameters() if n in self.shared_names],
+                                     **self.clip_grad_norm)
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self.model.train()

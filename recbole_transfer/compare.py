@@ -1,0 +1,168 @@
+"""Compare plugin and stock RecBole models on one dataset: the same split, seed and overrides for every model.
+
+    python -m recbole_transfer.compare --dataset=Scientific --models=SASRec,BERT4Rec,GRU4Rec,LRURec,UniSRec [--key=value ...]
+
+Each model trains in its own process (early stopping on the validation split, the best checkpoint tested).
+Writes ``<out>/<dataset>.csv`` (one row per model: test metrics, trainable / total parameters, epochs, seconds per
+training epoch, fit minutes, peak memory), ``<out>/<dataset>.md`` and ``<out>/<dataset>.png`` (a bar per model and
+metric). Resumable: models already in the csv are not re-run; the csv remembers the overrides it was made with and
+refuses to mix rows made with other ones. A model that fails is reported in one line and the others still run.
+"""
+import argparse
+import csv
+import json
+import os
+import sys
+from datetime import date
+
+from recbole_transfer.compat import atomic_write, atomic_write_text
+from recbole_transfer.errors import UserInputError
+
+FIXED_COLUMNS = ["model", "trainable", "total", "trainable_share", "epochs", "seconds_per_epoch", "fit_minutes",
+                 "peak_rss_gib"]
+
+
+def read_rows(csv_path):
+    """``(settings, rows)`` of an existing comparison csv (settings = the overrides line), else ``(None, [])``."""
+    if not os.path.isfile(csv_path):
+        return None, []
+    with open(csv_path, encoding="utf-8", newline="") as f:
+        first = f.readline()
+        if not first.startswith("# settings: "):
+            raise UserInputError(f"{csv_path} is not a comparison table (no '# settings:' line)")
+        return json.loads(first[len("# settings: "):]), list(csv.DictReader(f))
+
+
+def row_from_result(result):
+    row = {
+        "model": result["model"],
+        "trainable": result["trainable"],
+        "total": result["total"],
+        "trainable_share": round(result["trainable"] / max(result["total"], 1), 4),
+        "epochs": result["epochs"],
+        "seconds_per_epoch": round(result["epoch_seconds"], 2),
+        "fit_minutes": round(result["fit_minutes"], 2),
+        "peak_rss_gib": round(result["peak_rss_gib"], 2),
+    }
+    row.update({metric: round(value, 4) for metric, value in result["test"].items()})
+    return row
+
+
+def metric_columns(rows):
+    columns = []
+    for row in rows:
+        columns += [k for k in row if k not in FIXED_COLUMNS and k not in columns]
+    return columns
+
+
+def write_csv(csv_path, settings, rows):
+    columns = FIXED_COLUMNS + metric_columns(rows)
+    lines = [f"# settings: {json.dumps(settings, sort_keys=True)}", ",".join(columns)]
+    for row in rows:
+        lines.append(",".join(str(row.get(c, "")) for c in columns))
+    atomic_write_text(csv_path, "\n".join(lines) + "\n")
+
+
+def write_markdown(md_path, dataset, settings, rows):
+    metrics = metric_columns(rows)
+    header = ["model", *metrics, "trainable / total params", "epochs", "s/epoch", "fit (min)"]
+    lines = [
+        f"# {dataset}: model comparison",
+        "",
+        f"{date.today()}; the same split and seed for every model; test split, best validation checkpoint; "
+        f"overrides: `{json.dumps(settings, sort_keys=True)}`.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for row in rows:
+        share = 100.0 * float(row["trainable_share"])
+        cells = [row["model"], *(f"{float(row[m]):.4f}" if row.get(m) not in (None, "") else "" for m in metrics),
+                 f"{int(row['trainable']):,} / {int(row['total']):,} ({share:.1f}%)", str(row["epochs"]),
+                 f"{float(row['seconds_per_epoch']):.1f}", f"{float(row['fit_minutes']):.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    atomic_write_text(md_path, "\n".join(lines) + "\n")
+
+
+def write_plot(png_path, dataset, rows):
+    """Grouped bars: one group per metric, one bar per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = metric_columns(rows)
+    width = 0.8 / max(len(rows), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(metrics) + 0.3 * len(rows)), 4))
+    for i, row in enumerate(rows):
+        values = [float(row[m]) if row.get(m) not in (None, "") else 0.0 for m in metrics]
+        ax.bar([j + i * width for j in range(len(metrics))], values, width, label=row["model"])
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))], metrics)
+    ax.set_ylabel("test")
+    ax.set_title(f"{dataset}: model comparison")
+    ax.legend(fontsize="small", ncol=2)
+    fig.tight_layout()
+    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=120), suffix=".png")
+    plt.close(fig)
+
+
+def compare(dataset, models, config_dict=None, config_files=None, out="results", runner=None):
+    """Run each of ``models`` not yet in ``<out>/<dataset>.csv`` and rewrite the three outputs after each.
+    Returns ``(rows, failures)``; ``runner`` (default ``measure.fit_and_measure``) trains and measures one model."""
+    from recbole_transfer import registry
+    from recbole_transfer.measure import RunFailed, fit_and_measure
+
+    runner = runner or fit_and_measure
+    settings = dict(config_dict or {})
+    if config_files:
+        settings["config_files"] = list(config_files)
+    os.makedirs(out, exist_ok=True)
+    paths = {ext: os.path.join(out, f"{dataset}.{ext}") for ext in ("csv", "md", "png")}
+    existing_settings, rows = read_rows(paths["csv"])
+    if existing_settings is not None and existing_settings != settings:
+        raise UserInputError(f"{paths['csv']} was made with other overrides ({json.dumps(existing_settings)}); "
+                             "use another --out or remove it")
+    names = [registry.resolve_model_name(m) for m in models]  # unknown names fail before anything runs
+    failures = []
+    for name in names:
+        if any(row["model"] == name for row in rows):
+            print(f"skip {name}: already in {paths['csv']}", flush=True)
+            continue
+        try:
+            result = runner(name, dataset, dict(config_dict or {}), config_files=config_files)
+        except RunFailed as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            failures.append(name)
+            continue
+        rows.append(row_from_result(dict(result, model=name)))
+        write_csv(paths["csv"], settings, rows)
+        write_markdown(paths["md"], dataset, settings, rows)
+        write_plot(paths["png"], dataset, rows)
+        print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in rows[-1].items() if k != "model"), flush=True)
+    return rows, failures
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", "-d", required=True)
+    parser.add_argument("--models", "-m", required=True, help="comma-separated plugin and/or stock RecBole models")
+    parser.add_argument("--config_files", default=None, help="yaml files for every model, separated by spaces or commas")
+    parser.add_argument("--out", default="results", help="folder of <dataset>.csv / .md / .png")
+    args, overrides = parser.parse_known_args(argv)
+    from recbole_transfer.config import parse_cli_overrides
+
+    config_files = args.config_files.replace(",", " ").split() if args.config_files else None
+    try:
+        models = [m for m in args.models.split(",") if m.strip()]
+        if not models:
+            raise UserInputError("--models is empty")
+        rows, failures = compare(args.dataset, models, parse_cli_overrides(overrides), config_files, args.out)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {os.path.join(args.out, args.dataset)}.csv/.md/.png ({len(rows)} models)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
