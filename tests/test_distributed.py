@@ -49,9 +49,10 @@ def _fit_rank(rank, model, dataset, config_dict, out_dir):
     config_dict = dict(config_dict, local_rank=rank)
     _, net, trainer, (train_data, valid_data, _) = build(model, dataset, config_dict=config_dict)
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    _, valid = trainer.fit(train_data, valid_data, saved=False)
+    evaluates = getattr(trainer, "evaluates", True)  # pretraining stages train only
+    _, valid = trainer.fit(train_data, valid_data if evaluates else None, saved=False)
     changed = [k for k, v in net.state_dict().items() if not torch.equal(before[k], v)]
-    torch.save({"state": net.state_dict(), "changed": changed, "valid": dict(valid)},
+    torch.save({"state": net.state_dict(), "changed": changed, "valid": dict(valid or {})},
                os.path.join(out_dir, f"rank{rank}.pt"))
     torch.distributed.destroy_process_group()
 
@@ -111,3 +112,27 @@ def test_profile_metrics_over_two_ranks_equal_one_process(tmp_path):
     one = trainer.evaluate(test_data, load_best_model=False)
     assert ranks[0]["result"] == dict(one)
     assert ranks[0]["users"] + ranks[1]["users"] >= len(test_data.dataset.inter_feat)
+
+
+@pytest.fixture(scope="module")
+def text_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lm_ddp")
+    cut_users("Tools", 20, root)
+    return root
+
+
+@pytest.mark.parametrize("model", ["PromptLoRA", "BehaviorTuning"])
+def test_language_model_trainers_keep_ranks_identical(text_root, tmp_path, text_cache, model):
+    settings = _tiny(text_root, tmp_path, epochs=1, train_batch_size=8, text_cache_dir=text_cache, lora_r=4)
+    if model == "PromptLoRA":
+        settings.update(xc_max_length=64, xc_history_items=5, xc_negatives=4, eval_batch_size=150)
+    else:
+        settings.update(plm_tuning="lora", lora_layers=[5], bt_seq_max_length=32, bt_item_max_length=16,
+                        max_train_examples=32, tuned_plm_dir=str(tmp_path / "tuned"))
+    ranks = _spawn_two(model, "Tools", settings, tmp_path, port="29546" if model == "PromptLoRA" else "29547")
+    for name, value in ranks[0]["state"].items():
+        assert torch.equal(value, ranks[1]["state"][name]), name
+    changed = ranks[0]["changed"]
+    assert changed and all("lora_" in n or n.startswith("head.") for n in changed), changed
+    if model == "PromptLoRA":
+        assert ranks[0]["valid"] == ranks[1]["valid"] and "mrr@10" in ranks[0]["valid"]
