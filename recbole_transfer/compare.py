@@ -2,7 +2,8 @@
 
     python -m recbole_transfer.compare --dataset=Scientific --models=SASRec,BERT4Rec,GRU4Rec,LRURec,UniSRec [--key=value ...]
 
-Each model trains in its own process (early stopping on the validation split, the best checkpoint tested).
+A model may carry its own yaml, layered over the shared settings: ``PLMInitSASRec@my_ft.yaml`` (its row is labelled
+``PLMInitSASRec@my_ft``). Each model trains in its own process (early stopping on the validation split, the best checkpoint tested).
 Writes ``<out>/<dataset>.csv`` (one row per model: test metrics, trainable / total parameters, epochs, seconds per
 training epoch, fit minutes, peak memory), ``<out>/<dataset>.md`` and ``<out>/<dataset>.png`` (a bar per model and
 metric). Resumable: models already in the csv are not re-run; the csv remembers the overrides it was made with and
@@ -106,6 +107,17 @@ def write_plot(png_path, dataset, rows):
     plt.close(fig)
 
 
+def parse_entry(entry, registry):
+    """``'Model'`` or ``'Model@file.yaml'`` -> ``(row label, canonical model name, yaml file or None)``."""
+    model, _, model_file = entry.strip().partition("@")
+    name = registry.resolve_model_name(model)
+    if not model_file:
+        return name, name, None
+    if not os.path.isfile(model_file):
+        raise UserInputError(f"config file '{model_file}' of '{entry}' not found")
+    return f"{name}@{os.path.splitext(os.path.basename(model_file))[0]}", name, model_file
+
+
 def compare(dataset, models, config_dict=None, config_files=None, out="results", runner=None):
     """Run each of ``models`` not yet in ``<out>/<dataset>.csv`` and rewrite the three outputs after each.
     Returns ``(rows, failures)``; ``runner`` (default ``measure.fit_and_measure``) trains and measures one model."""
@@ -122,23 +134,24 @@ def compare(dataset, models, config_dict=None, config_files=None, out="results",
     if existing_settings is not None and existing_settings != settings:
         raise UserInputError(f"{paths['csv']} was made with other overrides ({json.dumps(existing_settings)}); "
                              "use another --out or remove it")
-    names = [registry.resolve_model_name(m) for m in models]  # unknown names fail before anything runs
+    entries = [parse_entry(m, registry) for m in models]  # unknown names and files fail before anything runs
     failures = []
-    for name in names:
-        if any(row["model"] == name for row in rows):
-            print(f"skip {name}: already in {paths['csv']}", flush=True)
+    for label, name, model_file in entries:
+        if any(row["model"] == label for row in rows):
+            print(f"skip {label}: already in {paths['csv']}", flush=True)
             continue
+        files = list(config_files or []) + ([model_file] if model_file else [])
         try:
-            result = runner(name, dataset, dict(config_dict or {}), config_files=config_files)
+            result = runner(name, dataset, dict(config_dict or {}), config_files=files or None)
         except RunFailed as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
-            failures.append(name)
+            failures.append(label)
             continue
-        rows.append(row_from_result(dict(result, model=name)))
+        rows.append(row_from_result(dict(result, model=label)))
         write_csv(paths["csv"], settings, rows)
         write_markdown(paths["md"], dataset, settings, rows)
         write_plot(paths["png"], dataset, rows)
-        print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in rows[-1].items() if k != "model"), flush=True)
+        print(f"{label}: " + ", ".join(f"{k}={v}" for k, v in rows[-1].items() if k != "model"), flush=True)
     return rows, failures
 
 

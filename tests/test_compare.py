@@ -71,3 +71,22 @@ def test_compare_cli_unknown_model_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: unknown model 'SASRek'; close matches: SASRec") and err.count("\n") == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_a_model_may_carry_its_own_yaml(tmp_path):
+    own = tmp_path / "wide.yaml"
+    own.write_text("hidden_size: 128\n")
+    seen = []
+
+    def runner(model, dataset, config_dict, config_files=None):
+        seen.append((model, config_files))
+        return {"model": model, "test": {"ndcg@10": 0.1}, "trainable": 1, "total": 1, "epochs": 1,
+                "epoch_seconds": 1.0, "fit_minutes": 0.0, "peak_rss_gib": 0.1}
+
+    rows, _ = compare("Scientific", ["SASRec", f"sasrec@{own}"], {}, config_files=["base.yaml"],
+                      out=str(tmp_path / "out"), runner=runner)
+    assert [r["model"] for r in rows] == ["SASRec", "SASRec@wide"]
+    assert seen == [("SASRec", ["base.yaml"]), ("SASRec", ["base.yaml", str(own)])]
+    with pytest.raises(UserInputError) as err:
+        compare("Scientific", ["SASRec@missing.yaml"], {}, out=str(tmp_path / "out2"), runner=runner)
+    assert str(err.value) == "config file 'missing.yaml' of 'SASRec@missing.yaml' not found"
