@@ -30,7 +30,19 @@ def _sampled_test(model, dataset, config_dict, net, trainer_class, mode, config_
     return {k: float(result[k]) for k in SAMPLED_METRICS}
 
 
+def _die_with_parent():
+    """Linux: end this run when the process that started it ends (killing a benchmark must not leave its current
+    run training on)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _fit(model, dataset, config_dict, queue, sampled=None, config_files=None):
+    _die_with_parent()
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value pairs from sys.argv
     try:
         queue.put(_fit_here(model, dataset, config_dict, sampled, config_files))
