@@ -2,8 +2,8 @@
 
     python -m recbole_transfer.compare --dataset=Scientific --models=SASRec,BERT4Rec,GRU4Rec,LRURec,UniSRec [--key=value ...]
 
-A model may carry its own yaml, layered over the shared settings: ``PLMInitSASRec@my_ft.yaml`` (its row is labelled
-``PLMInitSASRec@my_ft``). Each model trains in its own process (early stopping on the validation split, the best checkpoint tested).
+A model may carry its own yaml, whose keys win over the shared settings for that model: ``PLMInitSASRec@my_ft.yaml``
+(its row is labelled ``PLMInitSASRec@my_ft``). Each model trains in its own process (early stopping on the validation split, the best checkpoint tested).
 Writes ``<out>/<dataset>.csv`` (one row per model: test metrics, trainable / total parameters, epochs, seconds per
 training epoch, fit minutes, peak memory), ``<out>/<dataset>.md`` and ``<out>/<dataset>.png`` (a bar per model and
 metric). Resumable: models already in the csv are not re-run; the csv remembers the overrides it was made with and
@@ -107,6 +107,15 @@ def write_plot(png_path, dataset, rows):
     plt.close(fig)
 
 
+def read_yaml(path):
+    """A yaml file's keys with RecBole's value parsing (1e-4 is a float)."""
+    import yaml
+    from recbole.config import Config as RecBoleConfig
+
+    with open(path, encoding="utf-8") as f:
+        return yaml.load(f, Loader=RecBoleConfig._build_yaml_loader(None)) or {}
+
+
 def parse_entry(entry, registry):
     """``'Model'`` or ``'Model@file.yaml'`` -> ``(row label, canonical model name, yaml file or None)``."""
     model, _, model_file = entry.strip().partition("@")
@@ -140,9 +149,9 @@ def compare(dataset, models, config_dict=None, config_files=None, out="results",
         if any(row["model"] == label for row in rows):
             print(f"skip {label}: already in {paths['csv']}", flush=True)
             continue
-        files = list(config_files or []) + ([model_file] if model_file else [])
+        settings_here = dict(config_dict or {}, **(read_yaml(model_file) if model_file else {}))
         try:
-            result = runner(name, dataset, dict(config_dict or {}), config_files=files or None)
+            result = runner(name, dataset, settings_here, config_files=config_files)
         except RunFailed as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
             failures.append(label)

@@ -75,18 +75,20 @@ def test_compare_cli_unknown_model_is_one_line_error(tmp_path, capsys):
 
 def test_a_model_may_carry_its_own_yaml(tmp_path):
     own = tmp_path / "wide.yaml"
-    own.write_text("hidden_size: 128\n")
+    own.write_text("hidden_size: 128\nlearning_rate: 1e-4\n")
     seen = []
 
     def runner(model, dataset, config_dict, config_files=None):
-        seen.append((model, config_files))
+        seen.append((model, config_dict, config_files))
         return {"model": model, "test": {"ndcg@10": 0.1}, "trainable": 1, "total": 1, "epochs": 1,
                 "epoch_seconds": 1.0, "fit_minutes": 0.0, "peak_rss_gib": 0.1}
 
-    rows, _ = compare("Scientific", ["SASRec", f"sasrec@{own}"], {}, config_files=["base.yaml"],
-                      out=str(tmp_path / "out"), runner=runner)
+    rows, _ = compare("Scientific", ["SASRec", f"sasrec@{own}"], {"hidden_size": "64", "epochs": "3"},
+                      config_files=["base.yaml"], out=str(tmp_path / "out"), runner=runner)
     assert [r["model"] for r in rows] == ["SASRec", "SASRec@wide"]
-    assert seen == [("SASRec", ["base.yaml"]), ("SASRec", ["base.yaml", str(own)])]
+    # the model's own keys win over the shared ones, which it keeps otherwise
+    assert seen == [("SASRec", {"hidden_size": "64", "epochs": "3"}, ["base.yaml"]),
+                    ("SASRec", {"hidden_size": 128, "epochs": "3", "learning_rate": 1e-4}, ["base.yaml"])]
     with pytest.raises(UserInputError) as err:
         compare("Scientific", ["SASRec@missing.yaml"], {}, out=str(tmp_path / "out2"), runner=runner)
     assert str(err.value) == "config file 'missing.yaml' of 'SASRec@missing.yaml' not found"
