@@ -57,6 +57,19 @@ def tiny_root(tmp_path_factory):
     return root
 
 
+METAREC_SOURCES = ["Pantry", "Instruments"]
+
+
+@pytest.fixture(scope="session")
+def metarec_root(tmp_path_factory):
+    """A data_path holding MetaRec's fixture: the first 200 users of Scientific (target) and 150 of each source."""
+    root = tmp_path_factory.mktemp("metarec_data")
+    cut_users("Scientific", 200, root)
+    for name in METAREC_SOURCES:
+        cut_users(name, 150, root)
+    return root
+
+
 @pytest.fixture(scope="session")
 def text_cache(tmp_path_factory):
     """One encoded-text cache for the whole session (each fixture's texts are encoded once)."""

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from conftest import FAST, cut_users
+from conftest import FAST, METAREC_SOURCES, cut_users
 
 from recbole_transfer.quick_start import run
 
@@ -28,18 +28,6 @@ def test_two_processes_match_one_process_on_the_same_global_batches(tiny_root, t
     for metric, value in one["best_valid_result"].items():
         assert two["best_valid_result"][metric] == pytest.approx(value, abs=0.002), metric
     assert one["best_valid_result"]["recall@50"] > 0
-
-
-METAREC_SOURCES = ["Pantry", "Instruments"]
-
-
-@pytest.fixture(scope="module")
-def metarec_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("metarec_ddp")
-    cut_users("Scientific", 200, root)
-    for name in METAREC_SOURCES:
-        cut_users(name, 150, root)
-    return root
 
 
 def _fit_rank(rank, model, dataset, config_dict, out_dir):

@@ -3,24 +3,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import FAST, cut_users
+from conftest import FAST, METAREC_SOURCES
 
 from recbole_transfer.errors import UserInputError
 from recbole_transfer.model.layers import VectorQuantizer
 from recbole_transfer.trainer.meta import adapt, domain_loss, meta_gradient, rescaling_weights
 
-SOURCES = ["Pantry", "Instruments"]
+SOURCES = METAREC_SOURCES
 SMALL = dict(FAST, hidden_size=16, n_layers=1, MAX_ITEM_LIST_LENGTH=10, source_datasets=SOURCES, vq_heads=4,
              meta_tasks=2, source_batch_size=32, train_batch_size=64, epochs=1)
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("metarec_data")
-    cut_users("Scientific", 200, root)
-    for name in SOURCES:
-        cut_users(name, 150, root)
-    return root
+def data_root(metarec_root):
+    return metarec_root
 
 
 def _build(data_root, tmp_path, **extra):
