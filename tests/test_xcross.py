@@ -172,3 +172,15 @@ def test_training_set_size_control(data_root, tmp_path):
     assert len(first) == 10 and torch.equal(first["item_id_list"], again["item_id_list"])
     assert not torch.equal(first["item_id_list"], other["item_id_list"])
     assert n_valid == n_valid_other == 20  # one validation row per user, whatever the subset
+
+
+def test_evaluation_user_subset(data_root, tmp_path):
+    def splits(**extra):
+        _, _, _, (train, valid, test) = _build("PromptLoRA", data_root, tmp_path, **extra)
+        return [part._dataset.inter_feat["user_id"] for part in (train, valid, test)]
+
+    train, valid, test = splits(max_eval_users=5)
+    full_train, full_valid, _ = splits()
+    assert len(valid) == len(test) == 5 and torch.equal(valid.sort().values, test.sort().values)
+    assert len(full_valid) == 20 and torch.equal(train, full_train)  # training is untouched
+    assert torch.equal(splits(max_eval_users=5)[1], valid)  # seeded: the same users every run

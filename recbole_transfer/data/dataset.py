@@ -137,7 +137,9 @@ class TextSequentialDataset(SequentialDataset):
 class ItemTextDataset(TextSequentialDataset):
     """Item texts without vectors: for models that run the language model themselves (behavior tuning, prompts).
     ``max_train_examples`` > 0 keeps a random subset of that many training examples (seeded by
-    ``train_subset_seed``, else ``seed``): training-set-size studies. Validation and test are untouched."""
+    ``train_subset_seed``, else ``seed``): training-set-size studies. ``max_eval_users`` > 0 evaluates a seeded
+    random subset of that many users (the same users in validation and test; seeded by ``seed``): a language
+    model scores every (user, candidate) prompt, so full evaluation of a large target is slow without a GPU."""
 
     reads_item_text = True
 
@@ -159,6 +161,14 @@ class ItemTextDataset(TextSequentialDataset):
             rows = np.sort(rng.choice(rows, size=int(limit), replace=False))
         if len(rows) < len(train.inter_feat):
             datasets[0] = train.copy(train.inter_feat[torch.from_numpy(rows)])
+        eval_users = self.config["max_eval_users"]
+        if eval_users:
+            users = np.unique(np.concatenate([part.inter_feat[self.uid_field].numpy() for part in datasets[1:]]))
+            if len(users) > int(eval_users):
+                rng = np.random.default_rng(self.config["seed"])
+                kept = torch.from_numpy(np.sort(rng.choice(users, size=int(eval_users), replace=False)))
+                datasets[1:] = [part.copy(part.inter_feat[torch.isin(part.inter_feat[self.uid_field], kept)])
+                                for part in datasets[1:]]
         return datasets
 
 
