@@ -134,6 +134,11 @@ class TextSequentialDataset(SequentialDataset):
         return matrix
 
 
+def _seeded_subset(values, size, seed):
+    """``size`` of ``values`` drawn at random without replacement (seeded), in their original order."""
+    return np.sort(np.random.default_rng(seed).choice(values, size=size, replace=False))
+
+
 class ItemTextDataset(TextSequentialDataset):
     """Item texts without vectors: for models that run the language model themselves (behavior tuning, prompts).
     ``max_train_examples`` > 0 keeps a random subset of that many training examples (seeded by
@@ -155,18 +160,16 @@ class ItemTextDataset(TextSequentialDataset):
         train = datasets[0]
         rows = self.training_rows(train)
         limit = self.config["max_train_examples"]
-        if limit and len(rows) > int(limit):  # a seeded random subset, in the original order
+        if limit and len(rows) > int(limit):
             seed = self.config["train_subset_seed"]
-            rng = np.random.default_rng(self.config["seed"] if seed is None else int(seed))
-            rows = np.sort(rng.choice(rows, size=int(limit), replace=False))
+            rows = _seeded_subset(rows, int(limit), self.config["seed"] if seed is None else int(seed))
         if len(rows) < len(train.inter_feat):
             datasets[0] = train.copy(train.inter_feat[torch.from_numpy(rows)])
         eval_users = self.config["max_eval_users"]
         if eval_users:
             users = np.unique(np.concatenate([part.inter_feat[self.uid_field].numpy() for part in datasets[1:]]))
             if len(users) > int(eval_users):
-                rng = np.random.default_rng(self.config["seed"])
-                kept = torch.from_numpy(np.sort(rng.choice(users, size=int(eval_users), replace=False)))
+                kept = torch.from_numpy(_seeded_subset(users, int(eval_users), self.config["seed"]))
                 datasets[1:] = [part.copy(part.inter_feat[torch.isin(part.inter_feat[self.uid_field], kept)])
                                 for part in datasets[1:]]
         return datasets
