@@ -15,8 +15,13 @@ _APPLIED = False
 # --- numpy --------------------------------------------------------------------------------------------------------
 def set_numpy_aliases():
     """RecBole 1.2.1 still uses ``np.float``/``np.int``/... but only sets the aliases inside ``Config.__init__``;
-    code that runs before a Config exists (dataset tools, tests) needs them at import time."""
+    code that runs before a Config exists (dataset tools, tests) needs them at import time. ``Config.__init__``
+    itself reads ``np.float_``/``np.complex_``/``np.unicode_``, which numpy 2 removed: GPU images that ship numpy 2
+    (outside the ``numpy<2`` pin) fail there unless those names exist too."""
     for alias, target in {
+        "float_": np.float64,
+        "complex_": np.complex128,
+        "unicode_": np.str_,
         "bool": np.bool_,
         "int": np.int_,
         "float": np.float64,

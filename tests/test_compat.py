@@ -20,6 +20,15 @@ def test_numpy_aliases_set_at_import():
     assert np.float is np.float64 and np.int is np.int_ and np.bool is np.bool_
 
 
+def test_numpy2_removed_names_restored(monkeypatch):
+    # RecBole's Config.__init__ reads np.float_/np.complex_/np.unicode_; numpy 2 has none of them
+    for name in ("float_", "complex_", "unicode_"):
+        monkeypatch.delattr(np, name, raising=False)
+    compat.set_numpy_aliases()
+    assert np.float_ is np.float64 and np.complex_ is np.complex128 and np.unicode_ is np.str_
+    Config(model="SASRec", dataset="ml-100k", config_dict={"show_progress": False})
+
+
 def test_checkpoint_loads_safely_and_resumes(tiny_root, tmp_path):
     config, model, trainer, (train, valid, test) = build("SASRec", "Scientific", config_dict=_tiny(tiny_root, tmp_path))
     trainer.fit(train, valid, saved=True, show_progress=False)

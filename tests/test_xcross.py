@@ -7,7 +7,8 @@ import torch
 
 from conftest import FAST, cut_users
 
-from recbole_transfer.model.xcross import popularity_negatives
+from recbole_transfer.data import text
+from recbole_transfer.model.xcross import XCrossError, popularity_negatives
 
 SMALL = dict(FAST, xc_max_length=64, xc_history_items=5, xc_negatives=4, train_batch_size=4, lora_r=4,
              eval_batch_size=150, epochs=1)
@@ -184,3 +185,27 @@ def test_evaluation_user_subset(data_root, tmp_path):
     assert len(valid) == len(test) == 5 and torch.equal(valid.sort().values, test.sort().values)
     assert len(full_valid) == 20 and torch.equal(train, full_train)  # training is untouched
     assert torch.equal(splits(max_eval_users=5)[1], valid)  # seeded: the same users every run
+
+
+def test_mean_pooling_ignores_padding(data_root, tmp_path):
+    _, model, _, (train, _, _) = _build("PromptLoRA", data_root, tmp_path, xc_pooling="mean")
+    model.eval()
+    batch = next(iter(train))
+    tokens = model.prompt_tokens(batch["item_id_list"][:1], batch["item_length"][:1], batch["item_id"][:1, None])
+    input_ids, attention_mask = text.pad_batch(tokens, model.item_tokens.pad_id)
+    padded_ids, padded_mask = text.pad_batch(tokens + [tokens[0] + tokens[0]], model.item_tokens.pad_id)
+    assert padded_ids.shape[1] > input_ids.shape[1]  # the second prompt pads the first
+    with torch.no_grad():
+        alone = model.score(input_ids, attention_mask)
+        padded = model.score(padded_ids, padded_mask)[:1]
+        cls = model.head(model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0])
+    torch.testing.assert_close(padded, alone, rtol=0, atol=1e-5)
+    assert not torch.allclose(alone, cls, atol=1e-4)  # mean pooling is not the [CLS] state
+
+
+def test_saved_head_refuses_another_pooling(data_root, tmp_path, sources):
+    with pytest.raises(XCrossError) as error:
+        _build("PromptLoRA", data_root, tmp_path, init_adapter=sources[0], xc_pooling="mean")
+    assert str(error.value) == f"{sources[0]} was trained with xc_pooling=cls; got xc_pooling=mean"
+    with pytest.raises(XCrossError, match="xc_pooling must be one of cls, mean; got 'max'"):
+        _build("PromptLoRA", data_root, tmp_path, xc_pooling="max")

@@ -4,8 +4,9 @@ Reference:
     "X-Cross: Dynamic Integration of Language Models for Cross-Domain Sequential Recommendation." SIGIR 2025.
 
 Recommendation as multiple choice: a prompt is the titles of the user's last ``xc_history_items`` items (newest
-first) followed by one candidate's title; the language model's [CLS] state goes through a pooler and a scorer,
-s = V act(W_p h_[CLS] + b_p) + b_c. Training scores the true next item and ``xc_negatives`` popularity-sampled other
+first) followed by one candidate's title; the language model's [CLS] state (``xc_pooling: cls``, the paper's; or
+the mean over the prompt's tokens, ``mean``, the pooling sentence encoders such as MiniLM were trained with) goes
+through a pooler and a scorer, s = V act(W_p h + b_p) + b_c. Training scores the true next item and ``xc_negatives`` popularity-sampled other
 items and minimises the softmax NLL over them (Sec. 3.1.3). Evaluation: RecBole's ``predict`` on sampled candidate
 sets (``mode: pop29`` = the paper's 30 choices) or ``full_sort_predict`` (one prompt per item: small targets only).
 
@@ -38,6 +39,7 @@ from recbole_transfer.errors import UserInputError
 HEAD_FILE = "prompt_head.pt"
 INFO_FILE = "prompt_lora.json"
 TRAIN_PARTS = ("lora", "head")
+POOLINGS = ("cls", "mean")
 
 
 class XCrossError(UserInputError):
@@ -57,15 +59,15 @@ def popularity_negatives(positives, item_counts, k, generator=None):
 
 
 class PromptHead(nn.Module):
-    """Pooler (linear + tanh) and scorer (linear to one score) over the [CLS] state."""
+    """Pooler (linear + tanh) and scorer (linear to one score) over the pooled prompt state."""
 
     def __init__(self, hidden_size):
         super().__init__()
         self.pooler = nn.Linear(hidden_size, hidden_size)
         self.scorer = nn.Linear(hidden_size, 1)
 
-    def forward(self, cls_state):
-        return self.scorer(torch.tanh(self.pooler(cls_state))).squeeze(-1)
+    def forward(self, prompt_state):
+        return self.scorer(torch.tanh(self.pooler(prompt_state))).squeeze(-1)
 
 
 @contextmanager
@@ -86,6 +88,18 @@ def adapter_per_row(module, adapter_names):
             handle.remove()
 
 
+def load_head(head, folder, pooling):
+    """A saved head into ``head``; it was trained on one pooling and scores nothing sensible on another."""
+    info_path = os.path.join(folder, INFO_FILE)
+    saved = "cls"  # folders written before xc_pooling existed
+    if os.path.isfile(info_path):
+        with open(info_path, encoding="utf-8") as f:
+            saved = json.load(f).get("xc_pooling", "cls")
+    if saved != pooling:
+        raise XCrossError(f"{folder} was trained with xc_pooling={saved}; got xc_pooling={pooling}")
+    head.load_state_dict(torch.load(os.path.join(folder, HEAD_FILE), map_location="cpu"))
+
+
 def _adapter_folder(path):
     found = None if is_unset(path) else find_path(path, folder=True)
     if found is None or not os.path.isfile(os.path.join(found, HEAD_FILE)):
@@ -103,6 +117,9 @@ class PromptRecommender(SequentialRecommender):
         self.n_negatives = int(config["xc_negatives"])
         self.max_length = int(config["xc_max_length"])
         self.score_batch_size = int(config["xc_score_batch_size"])
+        self.pooling = config["xc_pooling"]
+        if self.pooling not in POOLINGS:
+            raise XCrossError(f"xc_pooling must be one of {', '.join(POOLINGS)}; got '{self.pooling}'")
         # training frequency of every item: the popularity the negatives are drawn by
         counts = torch.zeros(self.n_items, dtype=torch.long)
         items, freq = torch.unique(dataset.inter_feat[self.POS_ITEM_ID], return_counts=True)
@@ -112,6 +129,13 @@ class PromptRecommender(SequentialRecommender):
 
     def init_tokens(self, tokenizer, dataset, config):
         self.item_tokens = text.ItemTokens(tokenizer, dataset.item_texts, int(config["xc_title_tokens"]))
+
+    def pool(self, hidden, attention_mask):
+        """One vector per prompt from the last hidden states [N, T, d]."""
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
     def prompt_history(self, sequence, length):
         """The items a prompt shows (oldest first; the prompt lists them newest first): the last
@@ -177,16 +201,16 @@ class PromptLoRA(PromptRecommender):
             self.encoder = get_peft_model(base, lora)
         self.head = PromptHead(base.config.hidden_size)
         if init:
-            self.head.load_state_dict(torch.load(os.path.join(init, HEAD_FILE), map_location="cpu"))
+            load_head(self.head, init, self.pooling)
         self.base_name = text.adapter_base(init) if init else config["plm_name"]
 
     def score(self, input_ids, attention_mask):
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.head(hidden[:, 0])
+        return self.head(self.pool(hidden, attention_mask))
 
     def export(self, folder, extra_info=None):
         """The adapter (peft ``save_pretrained``), the head and ``prompt_lora.json``, written atomically."""
-        info = dict(extra_info or {}, plm_name=self.base_name)
+        info = dict(extra_info or {}, plm_name=self.base_name, xc_pooling=self.pooling)
 
         def write(tmp):
             self.encoder.save_pretrained(tmp)
@@ -237,7 +261,10 @@ class XCross(PromptRecommender):
         # init: integrators at zero (every source starts on its own path); the head of one source
         for integrator in self.integrators:
             nn.init.zeros_(integrator.weight)
-        self.head.load_state_dict(torch.load(os.path.join(sources[head_source], HEAD_FILE), map_location="cpu"))
+        for path in sources:
+            if path != sources[head_source]:
+                load_head(PromptHead(hidden), path, self.pooling)  # every source must share the pooling
+        load_head(self.head, sources[head_source], self.pooling)
         # pairs (m, j), j != m, in the order omega's columns are read
         self.register_buffer("pair_other", torch.tensor([[j for j in range(n) if j != m] for m in range(n)]),
                              persistent=False)
@@ -277,4 +304,4 @@ class XCross(PromptRecommender):
         return (self.source_weights.view(n, 1, 1, 1) * per_source).sum(0)
 
     def score(self, input_ids, attention_mask):
-        return self.head(self.encode(input_ids, attention_mask)[:, 0])
+        return self.head(self.pool(self.encode(input_ids, attention_mask), attention_mask))
