@@ -102,7 +102,7 @@ def resolve_plm(plm_name):
     return plm_name
 
 
-def _read_json(path):
+def read_json(path):
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -117,9 +117,9 @@ def _folder_max_length(path):
     if not os.path.isdir(path):
         return None
     limits = [
-        _read_json(os.path.join(path, "config.json")).get("max_position_embeddings"),
-        _read_json(os.path.join(path, "tokenizer_config.json")).get("model_max_length"),
-        _read_json(os.path.join(path, "sentence_bert_config.json")).get("max_seq_length"),
+        read_json(os.path.join(path, "config.json")).get("max_position_embeddings"),
+        read_json(os.path.join(path, "tokenizer_config.json")).get("model_max_length"),
+        read_json(os.path.join(path, "sentence_bert_config.json")).get("max_seq_length"),
     ]
     limits = [int(x) for x in limits if isinstance(x, (int, float)) and 0 < x < _HUGE]
     return min(limits) if limits else None
@@ -127,7 +127,7 @@ def _folder_max_length(path):
 
 def adapter_base(path):
     """The base encoder named by a peft LoRA folder (``adapter_config.json``), or None for any other folder."""
-    config = _read_json(os.path.join(path, "adapter_config.json")) if os.path.isdir(path) else {}
+    config = read_json(os.path.join(path, "adapter_config.json")) if os.path.isdir(path) else {}
     return config.get("base_model_name_or_path") if config else None
 
 

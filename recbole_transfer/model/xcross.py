@@ -6,8 +6,8 @@ Reference:
 Recommendation as multiple choice: a prompt is the titles of the user's last ``xc_history_items`` items (newest
 first) followed by one candidate's title; the language model's [CLS] state (``xc_pooling: cls``, the paper's; or
 the mean over the prompt's tokens, ``mean``, the pooling sentence encoders such as MiniLM were trained with) goes
-through a pooler and a scorer, s = V act(W_p h + b_p) + b_c. Training scores the true next item and ``xc_negatives`` popularity-sampled other
-items and minimises the softmax NLL over them (Sec. 3.1.3). Evaluation: RecBole's ``predict`` on sampled candidate
+through a pooler and a scorer, s = V act(W_p h + b_p) + b_c. Training scores the true next item and
+``xc_negatives`` popularity-sampled other items and minimises the softmax NLL over them (Sec. 3.1.3). Evaluation: RecBole's ``predict`` on sampled candidate
 sets (``mode: pop29`` = the paper's 30 choices) or ``full_sort_predict`` (one prompt per item: small targets only).
 
 ``PromptLoRA``: one language model with its own peft LoRA adapter and head: a source-domain model, or the "new LoRA
@@ -88,15 +88,15 @@ def adapter_per_row(module, adapter_names):
             handle.remove()
 
 
-def load_head(head, folder, pooling):
-    """A saved head into ``head``; it was trained on one pooling and scores nothing sensible on another."""
-    info_path = os.path.join(folder, INFO_FILE)
-    saved = "cls"  # folders written before xc_pooling existed
-    if os.path.isfile(info_path):
-        with open(info_path, encoding="utf-8") as f:
-            saved = json.load(f).get("xc_pooling", "cls")
+def check_pooling(folder, pooling):
+    """A saved head was trained on one pooling and scores nothing sensible on another."""
+    saved = text.read_json(os.path.join(folder, INFO_FILE)).get("xc_pooling", "cls")  # older folders: cls
     if saved != pooling:
         raise XCrossError(f"{folder} was trained with xc_pooling={saved}; got xc_pooling={pooling}")
+
+
+def load_head(head, folder, pooling):
+    check_pooling(folder, pooling)
     head.load_state_dict(torch.load(os.path.join(folder, HEAD_FILE), map_location="cpu"))
 
 
@@ -261,10 +261,9 @@ class XCross(PromptRecommender):
         # init: integrators at zero (every source starts on its own path); the head of one source
         for integrator in self.integrators:
             nn.init.zeros_(integrator.weight)
-        for path in sources:
-            if path != sources[head_source]:
-                load_head(PromptHead(hidden), path, self.pooling)  # every source must share the pooling
-        load_head(self.head, sources[head_source], self.pooling)
+        for path in sources:  # every source must share the pooling, not only the head's
+            check_pooling(path, self.pooling)
+        self.head.load_state_dict(torch.load(os.path.join(sources[head_source], HEAD_FILE), map_location="cpu"))
         # pairs (m, j), j != m, in the order omega's columns are read
         self.register_buffer("pair_other", torch.tensor([[j for j in range(n) if j != m] for m in range(n)]),
                              persistent=False)
