@@ -177,6 +177,20 @@ def test_fresh_patches_keep_the_pretrained_user_states(pair_root, tmp_path, pret
         assert (patched.user_representation(users) - reference).abs().max() < 0.05 * reference.abs().max()
 
 
+def test_full_ranking_is_the_same_with_many_users_per_batch(pair_root, tmp_path, pretrained):
+    """Fine-tuning data is general-type: RecBole fits eval_batch_size // n_labels users in an evaluation batch."""
+    results, steps, weights = [], [], None
+    for eval_batch_size in (1, 1048576):
+        _, model, trainer, (_, valid, _) = _finetune(pair_root, tmp_path, pretrained,
+                                                     eval_batch_size=eval_batch_size)
+        weights = weights or model.state_dict()
+        model.load_state_dict(weights)
+        steps.append(valid.step)
+        results.append(trainer.evaluate(valid, load_best_model=False))
+    assert steps[0] == 1 and steps[1] == 1048576 // valid._dataset.item_num > 1
+    assert results[0] == results[1]
+
+
 def test_profile_labels_align_with_users(tmp_path):
     """ml-100k gender: every training row's label is that user's gender in ml-100k.user."""
     import os
