@@ -7,7 +7,7 @@ MRR@10 on 30 popularity-sampled candidates, trainable parameters, seconds per ep
         [--subsets=3] [--key=value ...]
 
 ``--key=value`` pairs go to every run. Rows are appended to ``--out`` as they finish (rows already there are
-skipped); source adapters and results are kept in ``<out>.json``.
+skipped); results are kept in ``<out>.json``, the source adapters in ``saved/<out file name>/``.
 """
 import argparse
 import json
@@ -61,9 +61,14 @@ def main():
         save_state()
         return state[key]
 
+    # source adapters live beside this table's state: another table (other pooling, other settings) trains its own
+    adapter_root = os.path.join("saved", os.path.splitext(os.path.basename(out))[0])
     adapters = {}
     for source in sources:  # one adapter per source domain, tested on its own domain
-        adapters[source] = os.path.join("saved", f"PromptLoRA-{source}")
+        adapters[source] = os.path.join(adapter_root, f"PromptLoRA-{source}")
+        if f"| PromptLoRA on {source} | {source} | {all_examples} |" in state and not os.path.isdir(adapters[source]):
+            raise SystemExit(f"{state_file} lists the {source} adapter but {adapters[source]} is gone: "
+                             f"remove its rows from {state_file} to retrain it")
         row(f"PromptLoRA on {source}", "PromptLoRA", source, {"adapter_dir": adapters[source]})
 
     zero_shot = {s: row(f"zero-shot {s} adapter", "PromptLoRA", args.target, {"epochs": 0, "init_adapter": adapters[s]})
