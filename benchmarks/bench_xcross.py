@@ -61,7 +61,7 @@ def main():
         save_state()
         return state[key]
 
-    # source adapters live beside this table's state: another table (other pooling, other settings) trains its own
+    # one adapter folder per results table: a table with other settings (pooling, lr) trains its own
     adapter_root = os.path.join("saved", os.path.splitext(os.path.basename(out))[0])
     adapters = {}
     for source in sources:  # one adapter per source domain, tested on its own domain

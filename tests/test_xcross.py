@@ -1,4 +1,5 @@
 """X-Cross and PromptLoRA: prompts, popularity negatives, the integrator, frozen sources, RecBole evaluation."""
+import math
 import sys
 
 import pandas as pd
@@ -214,8 +215,6 @@ def test_saved_head_refuses_another_pooling(data_root, tmp_path, sources):
 def test_prompt_lora_fits_a_fixed_batch(data_root, tmp_path):
     """The multiple-choice loss on one batch with fixed candidates falls well below chance (ln of the choices)
     within a few optimizer steps: the adapter and head can learn, whatever the scale of a full run."""
-    import math
-
     _, model, trainer, (train, _, _) = _build("PromptLoRA", data_root, tmp_path, learning_rate=2e-3, seed=3)
     batch = next(iter(train))
     losses = []
