@@ -47,8 +47,11 @@ def main():
 
     all_examples = int(common.get("max_train_examples") or 0) or "all"
 
+    def row_key(label, dataset, examples=all_examples):
+        return f"| {label} | {dataset} | {examples} |"
+
     def row(label, model, dataset, settings, examples=all_examples):
-        key = f"| {label} | {dataset} | {examples} |"
+        key = row_key(label, dataset, examples)
         if key in state:
             return state[key]
         result = fit_and_measure(model, dataset, dict(common, **settings))
@@ -66,7 +69,7 @@ def main():
     adapters = {}
     for source in sources:  # one adapter per source domain, tested on its own domain
         adapters[source] = os.path.join(adapter_root, f"PromptLoRA-{source}")
-        if f"| PromptLoRA on {source} | {source} | {all_examples} |" in state and not os.path.isdir(adapters[source]):
+        if row_key(f"PromptLoRA on {source}", source) in state and not os.path.isdir(adapters[source]):
             raise SystemExit(f"{state_file} lists the {source} adapter but {adapters[source]} is gone: "
                              f"remove its rows from {state_file} to retrain it")
         row(f"PromptLoRA on {source}", "PromptLoRA", source, {"adapter_dir": adapters[source]})

@@ -42,6 +42,14 @@ def sources(data_root, tmp_path_factory):
     return paths
 
 
+def _optimizer_step(model, trainer, batch):
+    trainer.optimizer.zero_grad()
+    loss = model.calculate_loss(batch)
+    loss.backward()
+    trainer.optimizer.step()
+    return loss
+
+
 def _random_source(data_root, folder, seed):
     _, model, _, _ = _build("PromptLoRA", data_root, folder, seed=seed)
     generator = torch.Generator().manual_seed(seed)
@@ -122,10 +130,7 @@ def test_xcross_trains_only_its_integration_and_leaves_the_sources_bit_identical
     assert any("lora_A.source1" in name for name in frozen)
     before = model.integrators[0].weight.detach().clone()
     for batch, _ in zip(train, range(3)):
-        trainer.optimizer.zero_grad()
-        loss = model.calculate_loss(batch)
-        loss.backward()
-        trainer.optimizer.step()
+        loss = _optimizer_step(model, trainer, batch)
     assert torch.isfinite(loss)
     assert not torch.equal(model.integrators[0].weight, before)
     for name, p in model.named_parameters():
@@ -220,11 +225,7 @@ def test_prompt_lora_fits_a_fixed_batch(data_root, tmp_path):
     losses = []
     for _ in range(12):
         model.generator.manual_seed(0)  # the same negatives every step
-        trainer.optimizer.zero_grad()
-        loss = model.calculate_loss(batch)
-        loss.backward()
-        trainer.optimizer.step()
-        losses.append(loss.item())
+        losses.append(_optimizer_step(model, trainer, batch).item())
     chance = math.log(1 + SMALL["xc_negatives"])
     assert abs(losses[0] - chance) < 0.2, losses
     assert losses[-1] < 0.5 * chance, losses
