@@ -1,13 +1,15 @@
 """X-Cross on one target, in one run and in this order: a PromptLoRA adapter per source domain; on the target the
-zero-shot sources, Pooler+Scorer of the best source, a new LoRA and X-Cross; the learning curve of X-Cross and
-LoRA over training-set sizes (several random subsets each); X-Cross's ablations. Every row: Hit@1/3/10 and
-MRR@10 on 30 popularity-sampled candidates, trainable parameters, seconds per epoch.
+zero-shot sources, Pooler+Scorer of the best source, a new LoRA, X-Cross and X-Cross's untrained starting
+point; the learning curve of X-Cross and LoRA over training-set sizes (several random subsets each); X-Cross's
+ablations. Every row: Hit@1/3/10 and MRR@10 on 30 popularity-sampled candidates, trainable parameters, seconds
+per epoch.
 
     python benchmarks/bench_xcross.py --target=Tools --sources=Sports,Electronics [--sizes=50,100,250,500,1000]
         [--subsets=3] [--key=value ...]
 
 ``--key=value`` pairs go to every run. Rows are appended to ``--out`` as they finish (rows already there are
-skipped); results are kept in ``<out>.json``, the source adapters in ``saved/<out file name>/``.
+skipped); results are kept in ``<out>.json``, the source adapters in ``saved/<out file name>/`` or ``--adapters``
+(adapters found there are tested on their own domains and reused, not retrained).
 """
 import argparse
 import json
@@ -30,6 +32,9 @@ def main():
     parser.add_argument("--sizes", default="50,100,250,500,1000", help="training-set sizes of the learning curve")
     parser.add_argument("--subsets", type=int, default=3, help="random subsets per size")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--adapters", default=None,
+                        help="folder of source adapters PromptLoRA-<source> (default saved/<out file name>/); "
+                             "one already there is tested on its domain, not retrained")
     args, overrides = parser.parse_known_args()
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from recbole_transfer.compat import atomic_write_text
@@ -64,15 +69,20 @@ def main():
         save_state()
         return state[key]
 
-    # one adapter folder per results table: a table with other settings (pooling, lr) trains its own
-    adapter_root = os.path.join("saved", os.path.splitext(os.path.basename(out))[0])
+    # one adapter folder per results table: a table with other settings (pooling, lr) trains its own, unless
+    # --adapters shares one trained with the same settings (another target from the same sources)
+    adapter_root = args.adapters or os.path.join("saved", os.path.splitext(os.path.basename(out))[0])
     adapters = {}
     for source in sources:  # one adapter per source domain, tested on its own domain
-        adapters[source] = os.path.join(adapter_root, f"PromptLoRA-{source}")
-        if row_key(f"PromptLoRA on {source}", source) in state and not os.path.isdir(adapters[source]):
-            raise SystemExit(f"{state_file} lists the {source} adapter but {adapters[source]} is gone: "
+        adapters[source] = folder = os.path.join(adapter_root, f"PromptLoRA-{source}")
+        trained_here = row_key(f"PromptLoRA on {source}", source) in state
+        if trained_here and not os.path.isdir(folder):
+            raise SystemExit(f"{state_file} lists the {source} adapter but {folder} is gone: "
                              f"remove its rows from {state_file} to retrain it")
-        row(f"PromptLoRA on {source}", "PromptLoRA", source, {"adapter_dir": adapters[source]})
+        if not trained_here and os.path.isdir(folder):
+            row(f"PromptLoRA on {source} (from {folder})", "PromptLoRA", source, {"epochs": 0, "init_adapter": folder})
+        else:
+            row(f"PromptLoRA on {source}", "PromptLoRA", source, {"adapter_dir": folder})
 
     zero_shot = {s: row(f"zero-shot {s} adapter", "PromptLoRA", args.target, {"epochs": 0, "init_adapter": adapters[s]})
                  for s in sources}
@@ -82,6 +92,8 @@ def main():
     row("new LoRA on the target", "PromptLoRA", args.target, {})
     xcross = {"xcross_sources": [adapters[s] for s in sources]}
     row("X-Cross", "XCross", args.target, xcross)
+    # its starting point: integrators at zero, the mean of the sources' states, the first source's head
+    row("X-Cross before training", "XCross", args.target, dict(xcross, epochs=0))
 
     for size in [int(s) for s in args.sizes.split(",") if s]:  # the learning curve before the ablations
         for subset in range(args.subsets):
