@@ -5,9 +5,11 @@ ablations. Every row: Hit@1/3/10 and MRR@10 on 30 popularity-sampled candidates,
 per epoch.
 
     python benchmarks/bench_xcross.py --target=Tools --sources=Sports,Electronics [--sizes=50,100,250,500,1000]
-        [--subsets=3] [--key=value ...]
+        [--subsets=3] [--parts=baselines,xcross,curve,ablations] [--key=value ...]
 
-``--key=value`` pairs go to every run. Rows are appended to ``--out`` as they finish (rows already there are
+``--key=value`` pairs go to every run. ``--parts`` runs only some row groups after the source adapters (which
+every part needs): ``baselines`` (zero-shot sources, Pooler+Scorer, new LoRA), ``xcross`` (X-Cross and its
+starting point), ``curve``, ``ablations``. Rows are appended to ``--out`` as they finish (rows already there are
 skipped); results are kept in ``<out>.json``, the source adapters in ``saved/<out file name>/`` or ``--adapters``
 (adapters found there are tested on their own domains and reused, not retrained).
 """
@@ -23,6 +25,7 @@ from common import append_row, fit_and_measure, start_table  # noqa: E402
 METRICS = ["hit@1", "hit@3", "hit@10", "mrr@10"]
 ABLATIONS = [("X-Cross -Layers (alpha=beta=0)", {"xcross_alpha": 0.0, "xcross_beta": 0.0}),
              ("X-Cross -Interactions (beta=0)", {"xcross_beta": 0.0}), ("X-Cross -Experts (alpha=0)", {"xcross_alpha": 0.0})]
+PARTS = ["baselines", "xcross", "curve", "ablations"]
 
 
 def main():
@@ -31,6 +34,7 @@ def main():
     parser.add_argument("--sources", default="Sports,Electronics")
     parser.add_argument("--sizes", default="50,100,250,500,1000", help="training-set sizes of the learning curve")
     parser.add_argument("--subsets", type=int, default=3, help="random subsets per size")
+    parser.add_argument("--parts", default=",".join(PARTS), help="row groups to run, of " + ",".join(PARTS))
     parser.add_argument("--out", default=None)
     parser.add_argument("--adapters", default=None,
                         help="folder of source adapters PromptLoRA-<source> (default saved/<out file name>/); "
@@ -41,6 +45,10 @@ def main():
     from recbole_transfer.config import parse_cli_overrides
 
     common = parse_cli_overrides(overrides)
+    parts = [p for p in args.parts.split(",") if p]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise SystemExit(f"--parts: unknown {', '.join(unknown)} (choose from {', '.join(PARTS)})")
     sources = [s for s in args.sources.split(",") if s]
     out = args.out or os.path.join("results", f"bench_xcross_{args.target}.md")
     start_table(out, common, ["run", "dataset", "train examples", "trainable / total", "epochs", *METRICS, "s/epoch"])
@@ -84,25 +92,27 @@ def main():
         else:
             row(f"PromptLoRA on {source}", "PromptLoRA", source, {"adapter_dir": folder})
 
-    zero_shot = {s: row(f"zero-shot {s} adapter", "PromptLoRA", args.target, {"epochs": 0, "init_adapter": adapters[s]})
-                 for s in sources}
-    best = max(sources, key=lambda s: zero_shot[s]["valid"].get("mrr@10", 0.0))  # chosen on validation
-    row(f"Pooler+Scorer of {best} (best zero-shot on valid)", "PromptLoRA", args.target,
-        {"init_adapter": adapters[best], "xc_train_part": "head"})
-    row("new LoRA on the target", "PromptLoRA", args.target, {})
     xcross = {"xcross_sources": [adapters[s] for s in sources]}
-    row("X-Cross", "XCross", args.target, xcross)
-    # its starting point: integrators at zero, the mean of the sources' states, the first source's head
-    row("X-Cross before training", "XCross", args.target, dict(xcross, epochs=0))
-
-    for size in [int(s) for s in args.sizes.split(",") if s]:  # the learning curve before the ablations
-        for subset in range(args.subsets):
-            limit = {"max_train_examples": size, "train_subset_seed": subset}
-            row(f"X-Cross, subset {subset}", "XCross", args.target, dict(xcross, **limit), examples=size)
-            row(f"new LoRA, subset {subset}", "PromptLoRA", args.target, limit, examples=size)
-
-    for label, settings in ABLATIONS:
-        row(label, "XCross", args.target, dict(xcross, **settings))
+    if "baselines" in parts:
+        zero_shot = {s: row(f"zero-shot {s} adapter", "PromptLoRA", args.target,
+                            {"epochs": 0, "init_adapter": adapters[s]}) for s in sources}
+        best = max(sources, key=lambda s: zero_shot[s]["valid"].get("mrr@10", 0.0))  # chosen on validation
+        row(f"Pooler+Scorer of {best} (best zero-shot on valid)", "PromptLoRA", args.target,
+            {"init_adapter": adapters[best], "xc_train_part": "head"})
+        row("new LoRA on the target", "PromptLoRA", args.target, {})
+    if "xcross" in parts:
+        row("X-Cross", "XCross", args.target, xcross)
+        # its starting point: integrators at zero, the mean of the sources' states, the first source's head
+        row("X-Cross before training", "XCross", args.target, dict(xcross, epochs=0))
+    if "curve" in parts:  # the learning curve before the ablations
+        for size in [int(s) for s in args.sizes.split(",") if s]:
+            for subset in range(args.subsets):
+                limit = {"max_train_examples": size, "train_subset_seed": subset}
+                row(f"X-Cross, subset {subset}", "XCross", args.target, dict(xcross, **limit), examples=size)
+                row(f"new LoRA, subset {subset}", "PromptLoRA", args.target, limit, examples=size)
+    if "ablations" in parts:
+        for label, settings in ABLATIONS:
+            row(label, "XCross", args.target, dict(xcross, **settings))
     print(f"wrote {out}")
 
 
