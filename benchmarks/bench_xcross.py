@@ -5,7 +5,7 @@ ablations. Every row: Hit@1/3/10 and MRR@10 on 30 popularity-sampled candidates,
 per epoch.
 
     python benchmarks/bench_xcross.py --target=Tools --sources=Sports,Electronics [--sizes=50,100,250,500,1000]
-        [--subsets=3] [--parts=baselines,xcross,curve,ablations] [--key=value ...]
+        [--subsets=3] [--first_subset=0] [--parts=baselines,xcross,curve,ablations] [--key=value ...]
 
 ``--key=value`` pairs go to every run. ``--parts`` runs only some row groups after the source adapters (which
 every part needs): ``baselines`` (zero-shot sources, Pooler+Scorer, new LoRA), ``xcross`` (X-Cross and its
@@ -34,6 +34,8 @@ def main():
     parser.add_argument("--sources", default="Sports,Electronics")
     parser.add_argument("--sizes", default="50,100,250,500,1000", help="training-set sizes of the learning curve")
     parser.add_argument("--subsets", type=int, default=3, help="random subsets per size")
+    parser.add_argument("--first_subset", type=int, default=0,
+                        help="seed of the first subset (subsets first_subset .. first_subset + subsets - 1)")
     parser.add_argument("--parts", default=",".join(PARTS), help="row groups to run, of " + ",".join(PARTS))
     parser.add_argument("--out", default=None)
     parser.add_argument("--adapters", default=None,
@@ -106,7 +108,7 @@ def main():
         row("X-Cross before training", "XCross", args.target, dict(xcross, epochs=0))
     if "curve" in parts:  # the learning curve before the ablations
         for size in [int(s) for s in args.sizes.split(",") if s]:
-            for subset in range(args.subsets):
+            for subset in range(args.first_subset, args.first_subset + args.subsets):
                 limit = {"max_train_examples": size, "train_subset_seed": subset}
                 row(f"X-Cross, subset {subset}", "XCross", args.target, dict(xcross, **limit), examples=size)
                 row(f"new LoRA, subset {subset}", "PromptLoRA", args.target, limit, examples=size)
