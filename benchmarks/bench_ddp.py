@@ -6,6 +6,7 @@
 of epochs. ``train_batch_size`` is the global batch in both (each of N ranks takes 1/N of it).
 Rows are appended to ``--out`` (default results/bench_ddp_<model>_<dataset>.md).
 """
+
 import argparse
 import os
 import sys
@@ -28,17 +29,40 @@ def main():
     from recbole_transfer.quick_start import run
 
     common = parse_cli_overrides(overrides)
-    out = args.out or os.path.join("results", f"bench_ddp_{args.model}_{args.dataset}.md")
-    start_table(out, common, ["model", "processes", *[f"valid {m}" for m in METRICS], *[f"test {m}" for m in METRICS],
-                              "wall (min)"])
+    out = args.out or os.path.join(
+        "results", f"bench_ddp_{args.model}_{args.dataset}.md"
+    )
+    start_table(
+        out,
+        common,
+        [
+            "model",
+            "processes",
+            *[f"valid {m}" for m in METRICS],
+            *[f"test {m}" for m in METRICS],
+            "wall (min)",
+        ],
+    )
     sys.argv = sys.argv[:1]
     for nproc in (int(n) for n in args.nprocs.split(",")):
         start = time.time()
-        result = run(args.model, args.dataset, config_dict=dict(common), nproc=nproc, port=args.port)
+        result = run(
+            args.model,
+            args.dataset,
+            config_dict=dict(common),
+            nproc=nproc,
+            port=args.port,
+        )
         minutes = (time.time() - start) / 60
         valid, test = result["best_valid_result"], result["test_result"]
-        append_row(out, f"| {args.model} | {nproc} | " + " | ".join(f"{valid[m]:.4f}" for m in METRICS) + " | "
-                   + " | ".join(f"{test[m]:.4f}" for m in METRICS) + f" | {minutes:.1f} |")
+        append_row(
+            out,
+            f"| {args.model} | {nproc} | "
+            + " | ".join(f"{valid[m]:.4f}" for m in METRICS)
+            + " | "
+            + " | ".join(f"{test[m]:.4f}" for m in METRICS)
+            + f" | {minutes:.1f} |",
+        )
     print(f"wrote {out}")
 
 

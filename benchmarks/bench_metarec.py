@@ -9,6 +9,7 @@ meta iteration and a joint step read the same batches, so their ratio is the pri
 ``--key=value`` pairs go to every run. Rows are appended to ``--out`` as they finish (rows already there are
 skipped).
 """
+
 import argparse
 import os
 import sys
@@ -26,10 +27,18 @@ RUNS = {
     "first_order": ("MetaRec, first-order", "MetaRec", {"first_order": True}),
     "single_head": ("MetaRec w/o multi-head VQ", "MetaRec", {"vq_heads": 1}),
     "no_vq": ("MetaRec w/o VQ", "MetaRec", {"vq_heads": 0}),
-    "no_rescaling": ("MetaRec w/o gradient rescaling", "MetaRec", {"gradient_rescaling": False}),
+    "no_rescaling": (
+        "MetaRec w/o gradient rescaling",
+        "MetaRec",
+        {"gradient_rescaling": False},
+    ),
 }
 METRICS = ["ndcg@10", "recall@10", "mrr@10"]
-PAPER_METRICS = {"metrics": ["Recall", "NDCG", "MRR"], "topk": [10], "valid_metric": "NDCG@10"}
+PAPER_METRICS = {
+    "metrics": ["Recall", "NDCG", "MRR"],
+    "topk": [10],
+    "valid_metric": "NDCG@10",
+}
 
 
 def main():
@@ -43,7 +52,19 @@ def main():
 
     common = dict(PAPER_METRICS, **parse_cli_overrides(overrides))
     out = args.out or os.path.join("results", f"bench_metarec_{args.dataset}.md")
-    start_table(out, common, ["run", "target", "params (total)", "epochs", *METRICS, "s/epoch", "s/iteration"])
+    start_table(
+        out,
+        common,
+        [
+            "run",
+            "target",
+            "params (total)",
+            "epochs",
+            *METRICS,
+            "s/epoch",
+            "s/iteration",
+        ],
+    )
     for name in args.runs.split(","):
         label, model, settings = RUNS[name]
         row = f"| {label} | {args.dataset} |"
@@ -52,9 +73,11 @@ def main():
             continue
         result = fit_and_measure(model, args.dataset, dict(common, **settings))
         iteration = result["iteration_seconds"]
-        line = (f"{row} {result['total']:,} | {result['epochs']} | "
-                + " | ".join(f"{result['test'][m]:.4f}" for m in METRICS)
-                + f" | {result['epoch_seconds']:.1f} | {'' if iteration is None else f'{iteration:.2f}'} |")
+        line = (
+            f"{row} {result['total']:,} | {result['epochs']} | "
+            + " | ".join(f"{result['test'][m]:.4f}" for m in METRICS)
+            + f" | {result['epoch_seconds']:.1f} | {'' if iteration is None else f'{iteration:.2f}'} |"
+        )
         append_row(out, line)
     print(f"wrote {out}")
 

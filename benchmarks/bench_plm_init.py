@@ -9,6 +9,7 @@ then FT = PT tuned on the target's training split. ``--tune`` adds tuning-only k
 ``--key=value`` pairs go to every model run. Rows are appended to ``--out`` as they finish (rows already there are
 skipped); the checkpoints of freeze runs are kept in ``<out>.json`` for the further-train rows.
 """
+
 import argparse
 import json
 import os
@@ -36,11 +37,15 @@ def _tune(dataset, folder, config_dict):
         print(f"skip tuning: {folder} exists")
         return
     ctx = mp.get_context("spawn")
-    proc = ctx.Process(target=_tune_process, args=(dataset, dict(config_dict, tuned_plm_dir=folder)))
+    proc = ctx.Process(
+        target=_tune_process, args=(dataset, dict(config_dict, tuned_plm_dir=folder))
+    )
     proc.start()
     proc.join()
     if proc.exitcode != 0 or not os.path.isdir(folder):
-        raise RuntimeError(f"behavior tuning on {dataset} failed (exit code {proc.exitcode})")
+        raise RuntimeError(
+            f"behavior tuning on {dataset} failed (exit code {proc.exitcode})"
+        )
 
 
 def _tune_process(dataset, config_dict):
@@ -53,33 +58,54 @@ def _tune_process(dataset, config_dict):
 def tuning_row(stage, folder):
     with open(os.path.join(folder, "behavior_tuning.json"), encoding="utf-8") as f:
         info = json.load(f)
-    return (f"| {stage} | {','.join(info['datasets'])} | {info['plm_tuning']} | {info['epochs']} | "
-            f"{info['train_examples_per_epoch']:,} | {info['tuning_seconds'] / 60:.1f} | {folder} |")
+    return (
+        f"| {stage} | {','.join(info['datasets'])} | {info['plm_tuning']} | {info['epochs']} | "
+        f"{info['train_examples_per_epoch']:,} | {info['tuning_seconds'] / 60:.1f} | {folder} |"
+    )
 
 
 def row(label, dataset, result):
     sampled, full = result["sampled"], result["test"]
-    return (f"| {label} | {dataset} | {result['trainable']:,} / {result['total']:,} | {result['epochs']} | "
-            + " | ".join(f"{sampled[k]:.4f}" for k in SAMPLED_METRICS) + " | "
-            + " | ".join(f"{full[k]:.4f}" for k in METRICS[:3])
-            + f" | {result['epoch_seconds']:.1f} | {result['fit_minutes']:.1f} |")
+    return (
+        f"| {label} | {dataset} | {result['trainable']:,} / {result['total']:,} | {result['epochs']} | "
+        + " | ".join(f"{sampled[k]:.4f}" for k in SAMPLED_METRICS)
+        + " | "
+        + " | ".join(f"{full[k]:.4f}" for k in METRICS[:3])
+        + f" | {result['epoch_seconds']:.1f} | {result['fit_minutes']:.1f} |"
+    )
 
 
 def runs_for(model, pt, ft, common):
     """label -> (model name, config) for one backbone, in the order they must run (further-train rows get the
     FT freeze checkpoint when they run)."""
     hidden = common.get("hidden_size")
-    runs = {f"{model} (stock RecBole, hidden {hidden or 64})": (model, dict(common, hidden_size=hidden or 64))}
-    if not hidden:  # at the encoder's width, random init is another run (at a set width it is the stock row)
-        runs[f"{model} none (random, encoder width)"] = (f"PLMInit{model}", dict(common, init_type="none",
-                                                                                embedding_mode="trainable"))
+    runs = {
+        f"{model} (stock RecBole, hidden {hidden or 64})": (
+            model,
+            dict(common, hidden_size=hidden or 64),
+        )
+    }
+    if (
+        not hidden
+    ):  # at the encoder's width, random init is another run (at a set width it is the stock row)
+        runs[f"{model} none (random, encoder width)"] = (
+            f"PLMInit{model}",
+            dict(common, init_type="none", embedding_mode="trainable"),
+        )
     for short, init_type in INITS.items():
         path = {"PT": pt, "FT": ft}.get(short)
         for mode in ("freeze", "trainable"):
-            runs[f"{model} {short} {mode}"] = (f"PLMInit{model}", dict(common, init_type=init_type,
-                                                                       init_plm_path=path, embedding_mode=mode))
+            runs[f"{model} {short} {mode}"] = (
+                f"PLMInit{model}",
+                dict(
+                    common, init_type=init_type, init_plm_path=path, embedding_mode=mode
+                ),
+            )
     for mode in ("further_all", "further_emb"):
-        runs[f"{model} FT {mode}"] = (f"PLMInit{model}", dict(common, embedding_mode=mode))
+        runs[f"{model} FT {mode}"] = (
+            f"PLMInit{model}",
+            dict(common, embedding_mode=mode),
+        )
     return runs
 
 
@@ -88,8 +114,14 @@ def main():
     parser.add_argument("--dataset", default="Scientific")
     parser.add_argument("--sources", default="Electronics,Sports,Toys,Tools")
     parser.add_argument("--models", default="SASRec,BERT4Rec")
-    parser.add_argument("--tune", default="", help="tuning-only overrides, e.g. 'max_train_examples=8000'")
-    parser.add_argument("--only", default="", help="comma-separated labels to run (default: all)")
+    parser.add_argument(
+        "--tune",
+        default="",
+        help="tuning-only overrides, e.g. 'max_train_examples=8000'",
+    )
+    parser.add_argument(
+        "--only", default="", help="comma-separated labels to run (default: all)"
+    )
     parser.add_argument("--saved", default="saved")
     parser.add_argument("--out", default=None)
     args, overrides = parser.parse_known_args()
@@ -102,14 +134,18 @@ def main():
     os.makedirs(os.path.dirname(out), exist_ok=True)
 
     pt = os.path.join(args.saved, f"BehaviorTuning-{args.sources}")
-    ft = os.path.join(args.saved, f"BehaviorTuning-{args.dataset}-from-BehaviorTuning-{args.sources}")
+    ft = os.path.join(
+        args.saved, f"BehaviorTuning-{args.dataset}-from-BehaviorTuning-{args.sources}"
+    )
     _tune(args.sources, pt, tune)
     _tune(args.dataset, ft, dict(tune, init_plm_path=pt, max_train_examples=0))
     tuning_out = os.path.join(os.path.dirname(out), "bench_plm_init_tuning.md")
     if not os.path.isfile(tuning_out):
         with open(tuning_out, "w", encoding="utf-8") as f:
-            f.write(f"<!-- {machine()} -->\n| stage | tuned on | tuning | epochs | examples/epoch | minutes | folder |\n"
-                    "|---|---|---|---|---|---|---|\n")
+            f.write(
+                f"<!-- {machine()} -->\n| stage | tuned on | tuning | epochs | examples/epoch | minutes | folder |\n"
+                "|---|---|---|---|---|---|---|\n"
+            )
     with open(tuning_out, encoding="utf-8") as f:
         tuned = f.read()
     with open(tuning_out, "a", encoding="utf-8") as f:
@@ -120,7 +156,10 @@ def main():
 
     if not os.path.isfile(out):
         with open(out, "w", encoding="utf-8") as f:
-            f.write(f"<!-- {machine()}; common: {json.dumps(common)}; PT: {pt}; FT: {ft} -->\n" + HEADER)
+            f.write(
+                f"<!-- {machine()}; common: {json.dumps(common)}; PT: {pt}; FT: {ft} -->\n"
+                + HEADER
+            )
     checkpoint_file = out + ".json"
     checkpoints = {}
     if os.path.isfile(checkpoint_file):
@@ -136,8 +175,12 @@ def main():
             if only and label not in only:
                 continue
             if "further" in label:
-                config_dict = dict(config_dict, pretrained_path=checkpoints[f"{model} FT freeze"])
-            result = fit_and_measure(model_name, args.dataset, config_dict, sampled="uni100")
+                config_dict = dict(
+                    config_dict, pretrained_path=checkpoints[f"{model} FT freeze"]
+                )
+            result = fit_and_measure(
+                model_name, args.dataset, config_dict, sampled="uni100"
+            )
             line = row(label, args.dataset, result)
             print(line, flush=True)
             with open(out, "a", encoding="utf-8") as f:

@@ -5,6 +5,7 @@
 Extra ``--key=value`` pairs go to every model's config (e.g. ``--hidden_size=300 --epochs=50``).
 Prints one markdown row per model and writes them to ``--out`` (default results/bench_stock_<dataset>.md).
 """
+
 import argparse
 import json
 import os
@@ -29,11 +30,20 @@ def main():
     os.makedirs(os.path.dirname(out), exist_ok=True)
     rows = []
     for model_name in args.models.split(","):
-        row = markdown_row(model_name, args.dataset, fit_and_measure(model_name, args.dataset, config_dict))
+        row = markdown_row(
+            model_name,
+            args.dataset,
+            fit_and_measure(model_name, args.dataset, config_dict),
+        )
         print(row, flush=True)
         rows.append(row)
     with open(out, "w", encoding="utf-8") as f:
-        f.write(f"<!-- {machine()}; overrides: {json.dumps(config_dict)} -->\n" + TABLE_HEADER + "\n".join(rows) + "\n")
+        f.write(
+            f"<!-- {machine()}; overrides: {json.dumps(config_dict)} -->\n"
+            + TABLE_HEADER
+            + "\n".join(rows)
+            + "\n"
+        )
     print(f"wrote {out}")
 
 

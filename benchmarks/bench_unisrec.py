@@ -7,6 +7,7 @@ from a pretrained checkpoint (same split, full ranking).
 ``--key=value`` pairs go to every run (e.g. ``--epochs=30 --stopping_step=3``); ``--sasrec`` adds SASRec-only
 keys (space-separated key=value). Rows are appended to ``--out`` as they finish; rows already there are skipped.
 """
+
 import argparse
 import json
 import os
@@ -21,8 +22,15 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="Scientific")
     parser.add_argument("--pretrained", required=True)
-    parser.add_argument("--sasrec", default="", help="SASRec-only overrides, e.g. 'train_batch_size=256'")
-    parser.add_argument("--runs", default="SASRec,UniSRec scratch,UniSRec inductive_ft,UniSRec transductive_ft")
+    parser.add_argument(
+        "--sasrec",
+        default="",
+        help="SASRec-only overrides, e.g. 'train_batch_size=256'",
+    )
+    parser.add_argument(
+        "--runs",
+        default="SASRec,UniSRec scratch,UniSRec inductive_ft,UniSRec transductive_ft",
+    )
     parser.add_argument("--out", default=None)
     args, overrides = parser.parse_known_args()
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -32,17 +40,29 @@ def main():
     sasrec = dict(pair.split("=", 1) for pair in args.sasrec.split())
     runs = {
         "SASRec": ("SASRec", dict(common, **sasrec)),
-        "UniSRec scratch": ("UniSRec", dict(common, train_stage="transductive_ft", pretrained_path=None)),
-        "UniSRec inductive_ft": ("UniSRec", dict(common, train_stage="inductive_ft", pretrained_path=args.pretrained)),
-        "UniSRec transductive_ft": ("UniSRec", dict(common, train_stage="transductive_ft",
-                                                    pretrained_path=args.pretrained)),
+        "UniSRec scratch": (
+            "UniSRec",
+            dict(common, train_stage="transductive_ft", pretrained_path=None),
+        ),
+        "UniSRec inductive_ft": (
+            "UniSRec",
+            dict(common, train_stage="inductive_ft", pretrained_path=args.pretrained),
+        ),
+        "UniSRec transductive_ft": (
+            "UniSRec",
+            dict(
+                common, train_stage="transductive_ft", pretrained_path=args.pretrained
+            ),
+        ),
     }
     out = args.out or os.path.join("results", f"bench_unisrec_{args.dataset}.md")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     if not os.path.isfile(out):
         with open(out, "w", encoding="utf-8") as f:
-            f.write(f"<!-- {machine()}; common: {json.dumps(common)}; SASRec: {json.dumps(sasrec)}; "
-                    f"pretrained: {args.pretrained} -->\n" + TABLE_HEADER)
+            f.write(
+                f"<!-- {machine()}; common: {json.dumps(common)}; SASRec: {json.dumps(sasrec)}; "
+                f"pretrained: {args.pretrained} -->\n" + TABLE_HEADER
+            )
     with open(out, encoding="utf-8") as f:
         done = f.read()
     for label in args.runs.split(","):
@@ -50,7 +70,9 @@ def main():
             print(f"skip {label}: already in {out}")
             continue
         model, config_dict = runs[label]
-        row = markdown_row(label, args.dataset, fit_and_measure(model, args.dataset, config_dict))
+        row = markdown_row(
+            label, args.dataset, fit_and_measure(model, args.dataset, config_dict)
+        )
         print(row, flush=True)
         with open(out, "a", encoding="utf-8") as f:
             f.write(row + "\n")

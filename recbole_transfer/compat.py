@@ -3,6 +3,7 @@
 Each patch says why it exists. ``apply()`` is idempotent and runs when ``recbole_transfer`` is imported.
 Nothing else in the package modifies a third-party object.
 """
+
 import os
 import tempfile
 
@@ -31,14 +32,20 @@ def set_numpy_aliases():
         "long": np.int_,
         "unicode": np.str_,
     }.items():
-        if vars(np).get(alias) is not target:  # vars(): hasattr would trigger numpy's FutureWarning
+        if (
+            vars(np).get(alias) is not target
+        ):  # vars(): hasattr would trigger numpy's FutureWarning
             setattr(np, alias, target)
 
 
 # --- safe checkpoints ---------------------------------------------------------------------------------------------
 def plain_config(config):
     """A RecBole Config as a dict of plain Python values (loadable with ``torch.load(weights_only=True)``)."""
-    source = config.final_config_dict if hasattr(config, "final_config_dict") else dict(config)
+    source = (
+        config.final_config_dict
+        if hasattr(config, "final_config_dict")
+        else dict(config)
+    )
 
     def plain(value):
         if value is None or isinstance(value, (bool, int, float, str)):
@@ -93,7 +100,8 @@ def atomic_write_text(path, text):
 def _safe_save_checkpoint(self, epoch, verbose=True, **kwargs):
     """torch >= 2.6 loads with ``weights_only=True`` by default, and RecBole pickles its Config object into every
     checkpoint, so its own ``evaluate(load_best_model=True)`` and ``resume_checkpoint`` fail. Saving only tensors
-    and plain values makes the checkpoint loadable under the safe default (no ``weights_only=False`` needed)."""
+    and plain values makes the checkpoint loadable under the safe default (no ``weights_only=False`` needed).
+    """
     if not self.config["single_spec"] and self.config["local_rank"] != 0:
         return
     from recbole.utils import set_color
@@ -129,13 +137,16 @@ def ddp_ignore_buffers(module, names):
     method of DistributedDataParallel."""
     from torch.nn.parallel import DistributedDataParallel
 
-    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, list(names))
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+        module, list(names)
+    )
 
 
 # --- Collector ----------------------------------------------------------------------------------------------------
 def _collector_get_data_struct(self):
     """``Collector.get_data_struct`` calls ``.cpu()`` on every collected value, but non-accuracy metrics
-    (ItemCoverage, AveragePopularity, GiniIndex, ...) collect plain ints and Counters, which have no ``.cpu()``."""
+    (ItemCoverage, AveragePopularity, GiniIndex, ...) collect plain ints and Counters, which have no ``.cpu()``.
+    """
     import copy
 
     for key, value in self.data_struct._data_dict.items():
@@ -151,7 +162,8 @@ def _collector_get_data_struct(self):
 # --- distributed training on CPU ----------------------------------------------------------------------------------
 def init_device(config_dict):
     """RecBole's ``Config._init_device`` hard-codes NCCL and ``cuda:local_rank``; that cannot run on a CPU machine.
-    Use NCCL/cuda where GPUs exist, gloo/CPU otherwise (one intra-op thread per rank so ranks do not oversubscribe)."""
+    Use NCCL/cuda where GPUs exist, gloo/CPU otherwise (one intra-op thread per rank so ranks do not oversubscribe).
+    """
     import torch.distributed as dist
 
     gpu_id = config_dict.get("gpu_id", "")
@@ -159,14 +171,20 @@ def init_device(config_dict):
         gpu_id = ",".join(map(str, gpu_id))
     gpu_id = str(gpu_id) if gpu_id is not None else ""
     config_dict["gpu_id"] = gpu_id
-    use_cuda = bool(config_dict.get("use_gpu", True)) and len(gpu_id) > 0 and torch.cuda.is_available()
+    use_cuda = (
+        bool(config_dict.get("use_gpu", True))
+        and len(gpu_id) > 0
+        and torch.cuda.is_available()
+    )
     if use_cuda:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id
 
     if "local_rank" not in config_dict:
         config_dict["single_spec"] = True
         config_dict["local_rank"] = 0
-        config_dict["device"] = torch.device("cuda") if use_cuda else torch.device("cpu")
+        config_dict["device"] = (
+            torch.device("cuda") if use_cuda else torch.device("cpu")
+        )
         return
 
     rank = config_dict["local_rank"]
@@ -210,13 +228,20 @@ def _wrap_evaluate(evaluate):
     """Upstream race: under DDP rank 1 reloads the best checkpoint while rank 0 may still be writing it.
     Wait for every rank before the reload."""
 
-    def evaluate_after_barrier(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+    def evaluate_after_barrier(
+        self, eval_data, load_best_model=True, model_file=None, show_progress=False
+    ):
         if load_best_model and not self.config["single_spec"]:
             import torch.distributed as dist
 
             dist.barrier()
-        return evaluate(self, eval_data, load_best_model=load_best_model, model_file=model_file,
-                        show_progress=show_progress)
+        return evaluate(
+            self,
+            eval_data,
+            load_best_model=load_best_model,
+            model_file=model_file,
+            show_progress=show_progress,
+        )
 
     evaluate_after_barrier.__wrapped__ = evaluate
     return evaluate_after_barrier
@@ -234,12 +259,23 @@ def silence_known_warnings():
     works, so the warnings only bury the output and break one-line error messages."""
     import warnings
 
-    warnings.filterwarnings("ignore", message=r"A value is trying to be set on a copy of a DataFrame or Series "
-                            r"through chained assignment", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=r"`torch\.cuda\.amp\.GradScaler\(args\.\.\.\)` is deprecated",
-                            category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore",
+        message=r"A value is trying to be set on a copy of a DataFrame or Series "
+        r"through chained assignment",
+        category=FutureWarning,
+    )
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`torch\.cuda\.amp\.GradScaler\(args\.\.\.\)` is deprecated",
+        category=FutureWarning,
+    )
     # peft 0.21 reads transformers' deprecated ``is_gradient_checkpointing`` when it wraps a model (LoRA)
-    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`is_gradient_checkpointing` is deprecated",
+        category=FutureWarning,
+    )
 
 
 def apply():
@@ -256,7 +292,13 @@ def apply():
     from recbole.evaluator.collector import Collector
     from recbole.trainer import trainer as recbole_trainer
 
-    for module in (recbole.utils, recbole.utils.utils, recbole.utils.logger, recbole.data.utils, recbole_trainer):
+    for module in (
+        recbole.utils,
+        recbole.utils.utils,
+        recbole.utils.logger,
+        recbole.data.utils,
+        recbole_trainer,
+    ):
         if hasattr(module, "ensure_dir"):
             module.ensure_dir = _ensure_dir
 

@@ -4,6 +4,7 @@ Priority (low -> high): RecBole defaults -> properties/overall.yaml -> propertie
 of the models M names in ``yaml_bases``) ->
 properties/dataset/<D>.yaml -> user config files -> config_dict -> command line.
 """
+
 import copy
 import os
 import sys
@@ -33,11 +34,21 @@ def parse_cli_overrides(args):
     """``['--key=value', ...]`` -> ``{key: 'value'}``; anything else raises ConfigError with one clear line."""
     parsed = {}
     for arg in args:
-        key, sep, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
-        if not sep or not key or not key.replace("_", "").replace(".", "").replace("-", "").isalnum():
-            raise ConfigError(f"malformed command-line argument '{arg}': expected --key=value")
+        key, sep, value = (
+            arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        )
+        if (
+            not sep
+            or not key
+            or not key.replace("_", "").replace(".", "").replace("-", "").isalnum()
+        ):
+            raise ConfigError(
+                f"malformed command-line argument '{arg}': expected --key=value"
+            )
         if key in parsed and parsed[key] != value:
-            raise ConfigError(f"command-line key '{key}' given twice with different values")
+            raise ConfigError(
+                f"command-line key '{key}' given twice with different values"
+            )
         parsed[key] = value
     return parsed
 
@@ -72,7 +83,9 @@ def recbole_example_data():
 def dataset_folder(name, data_path=DATASET_DIR):
     """Where dataset ``name`` lives: ``<data_path>/<name>``, or RecBole's copy for its built-in example datasets."""
     folder = os.path.join(data_path, name)
-    if name in RECBOLE_BUILTIN_DATASETS and not os.path.isfile(os.path.join(folder, f"{name}.inter")):
+    if name in RECBOLE_BUILTIN_DATASETS and not os.path.isfile(
+        os.path.join(folder, f"{name}.inter")
+    ):
         folder = os.path.join(recbole_example_data(), name)
     return folder
 
@@ -84,11 +97,15 @@ def config_for_dataset(config, name):
     folder = dataset_folder(name, data_root)
     if not os.path.isfile(os.path.join(folder, f"{name}.inter")):
         known = available_datasets(data_root) + list(RECBOLE_BUILTIN_DATASETS)
-        raise UnknownDatasetError(f"unknown dataset '{name}': no {os.path.join(folder, name + '.inter')}; "
-                                  f"available: {', '.join(known)}")
+        raise UnknownDatasetError(
+            f"unknown dataset '{name}': no {os.path.join(folder, name + '.inter')}; "
+            f"available: {', '.join(known)}"
+        )
     other = copy.copy(config)
     other.dataset = name
-    other.final_config_dict = dict(config.final_config_dict, dataset=name, data_path=folder)
+    other.final_config_dict = dict(
+        config.final_config_dict, dataset=name, data_path=folder
+    )
     return other
 
 
@@ -96,7 +113,8 @@ def available_datasets(data_path=DATASET_DIR):
     if not os.path.isdir(data_path):
         return []
     return sorted(
-        name for name in os.listdir(data_path)
+        name
+        for name in os.listdir(data_path)
         if os.path.isfile(os.path.join(data_path, name, f"{name}.inter"))
     )
 
@@ -104,9 +122,16 @@ def available_datasets(data_path=DATASET_DIR):
 class Config(RecBoleConfig):
     """RecBole Config that knows the plugin's models, yaml files, datasets and CPU distributed training."""
 
-    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None):
+    def __init__(
+        self, model=None, dataset=None, config_file_list=None, config_dict=None
+    ):
         compat.apply()
-        super().__init__(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+        super().__init__(
+            model=model,
+            dataset=dataset,
+            config_file_list=config_file_list,
+            config_dict=config_dict,
+        )
 
     def _load_cmd_line(self):
         # RecBole silently ignores malformed arguments (and anything containing a second '='); we refuse them.
@@ -126,9 +151,13 @@ class Config(RecBoleConfig):
         if dataset is None:
             dataset = self.external_config_dict.get("dataset")
         if model is None:
-            raise ConfigError("no model given: pass --model=NAME (a plugin or RecBole model)")
+            raise ConfigError(
+                "no model given: pass --model=NAME (a plugin or RecBole model)"
+            )
         if dataset is None:
-            raise ConfigError("no dataset given: pass --dataset=NAME (one of dataset/ or ml-100k)")
+            raise ConfigError(
+                "no dataset given: pass --dataset=NAME (one of dataset/ or ml-100k)"
+            )
         if isinstance(model, str):
             name = registry.resolve_model_name(model)
             return name, registry.get_model_class(name), dataset
@@ -140,24 +169,35 @@ class Config(RecBoleConfig):
         # a model's yaml is read over the yamls of the models it extends (``yaml_bases``, e.g. MetaRec on LRURec)
         models = list(getattr(model_class, "yaml_bases", ())) + [model]
         files = [os.path.join(PROPERTIES_DIR, "overall.yaml")]
-        files += [os.path.join(PROPERTIES_DIR, "model", f"{name}.yaml") for name in models]
-        files += [os.path.join(PROPERTIES_DIR, "dataset", f"{name}.yaml") for name in dataset_names(dataset)]
+        files += [
+            os.path.join(PROPERTIES_DIR, "model", f"{name}.yaml") for name in models
+        ]
+        files += [
+            os.path.join(PROPERTIES_DIR, "dataset", f"{name}.yaml")
+            for name in dataset_names(dataset)
+        ]
         for file in files:
             if os.path.isfile(file):
                 loaded = self._update_internal_config_dict(file) or {}
                 if os.path.basename(os.path.dirname(file)) == "dataset":
-                    self.parameters["Dataset"] += [k for k in loaded if k not in self.parameters["Dataset"]]
+                    self.parameters["Dataset"] += [
+                        k for k in loaded if k not in self.parameters["Dataset"]
+                    ]
 
     def _set_default_parameters(self):
         # a model whose stages are of different RecBole types (e.g. sequential pretraining, general fine-tuning)
         stage_type = getattr(self.model_class, "stage_model_type", None)
         if stage_type is not None:
-            self.final_config_dict["MODEL_TYPE"] = stage_type(self.final_config_dict.get("train_stage"))
+            self.final_config_dict["MODEL_TYPE"] = stage_type(
+                self.final_config_dict.get("train_stage")
+            )
         data_root = self.final_config_dict["data_path"]
         for name in dataset_names(self.dataset):
             if name in RECBOLE_BUILTIN_DATASETS:
                 if not os.path.isfile(os.path.join(data_root, name, f"{name}.inter")):
-                    data_root = self.final_config_dict["data_path"] = recbole_example_data()
+                    data_root = self.final_config_dict["data_path"] = (
+                        recbole_example_data()
+                    )
                 continue
             if not os.path.isfile(os.path.join(data_root, name, f"{name}.inter")):
                 known = available_datasets(data_root) + list(RECBOLE_BUILTIN_DATASETS)

@@ -7,6 +7,7 @@ Either way the sweep ends in ``<output>.md`` and ``<output>.json``: one row per 
 ``.hyper`` lines (RecBole's format, nothing else): ``name choice [a,b,...]`` | ``name uniform low,high`` |
 ``name loguniform low,high`` (natural-log bounds: values exp(U(low, high))) | ``name quniform low,high,q``.
 """
+
 import ast
 import json
 import logging
@@ -40,12 +41,18 @@ def _parse_line(line):
             values = ast.literal_eval(text)
         except (ValueError, SyntaxError):
             return None
-        return (name, kind, list(values)) if isinstance(values, (list, tuple)) and values else None
+        return (
+            (name, kind, list(values))
+            if isinstance(values, (list, tuple)) and values
+            else None
+        )
     try:
         bounds = [float(value) for value in text.split(",")]
     except ValueError:
         return None
-    if len(bounds) != (3 if kind == "quniform" else 2) or not all(map(math.isfinite, bounds)):
+    if len(bounds) != (3 if kind == "quniform" else 2) or not all(
+        map(math.isfinite, bounds)
+    ):
         return None
     if not bounds[0] < bounds[1] or (kind == "quniform" and bounds[2] <= 0):
         return None
@@ -64,13 +71,19 @@ def read_space(hyper_file):
                 continue
             parsed = _parse_line(line)
             if parsed is None:
-                raise HyperFileError(f"malformed line {number} of {hyper_file}: '{line.strip()}'; "
-                                     f"expected {LINE_FORMATS}")
+                raise HyperFileError(
+                    f"malformed line {number} of {hyper_file}: '{line.strip()}'; "
+                    f"expected {LINE_FORMATS}"
+                )
             if parsed[0] in (name for name, _, _ in space):
-                raise HyperFileError(f"line {number} of {hyper_file}: parameter '{parsed[0]}' given twice")
+                raise HyperFileError(
+                    f"line {number} of {hyper_file}: parameter '{parsed[0]}' given twice"
+                )
             space.append(parsed)
     if not space:
-        raise HyperFileError(f"hyper file '{hyper_file}' has no parameters; expected lines like {LINE_FORMATS}")
+        raise HyperFileError(
+            f"hyper file '{hyper_file}' has no parameters; expected lines like {LINE_FORMATS}"
+        )
     return space
 
 
@@ -106,20 +119,33 @@ def config_values(space, sample):
     for name, kind, bounds in space:
         value = sample[name]
         value = value.item() if hasattr(value, "item") else value
-        if kind == "quniform" and float(bounds[0]).is_integer() and float(bounds[2]).is_integer():
+        if (
+            kind == "quniform"
+            and float(bounds[0]).is_integer()
+            and float(bounds[2]).is_integer()
+        ):
             value = int(round(value))
         values[name] = value
     return values
 
 
 def _metrics(result):
-    return None if result is None else {key: float(value) for key, value in result.items()}
+    return (
+        None if result is None else {key: float(value) for key, value in result.items()}
+    )
 
 
-def _trial(params, best_valid_score, best_valid_result, test_result, status="completed"):
+def _trial(
+    params, best_valid_score, best_valid_result, test_result, status="completed"
+):
     score = None if best_valid_score is None else float(best_valid_score)
-    return {"params": params, "best_valid_score": score, "best_valid_result": _metrics(best_valid_result),
-            "test_result": _metrics(test_result), "status": status}
+    return {
+        "params": params,
+        "best_valid_score": score,
+        "best_valid_result": _metrics(best_valid_result),
+        "test_result": _metrics(test_result),
+        "status": status,
+    }
 
 
 def _hyperopt_trials(space, base, config_file_list, algo, max_evals):
@@ -132,11 +158,23 @@ def _hyperopt_trials(space, base, config_file_list, algo, max_evals):
     def objective(params, fixed_config_file_list):
         params = config_values(space, params)
         result = objective_function(dict(base, **params), fixed_config_file_list)
-        trials.append(_trial(params, result["best_valid_score"], result["best_valid_result"], result["test_result"]))
+        trials.append(
+            _trial(
+                params,
+                result["best_valid_score"],
+                result["best_valid_result"],
+                result["test_result"],
+            )
+        )
         return result
 
-    tuner = HyperTuning(objective, params_dict=hyperopt_params_dict(space), fixed_config_file_list=config_file_list,
-                        algo=algo, max_evals=max_evals or DEFAULT_MAX_EVALS)
+    tuner = HyperTuning(
+        objective,
+        params_dict=hyperopt_params_dict(space),
+        fixed_config_file_list=config_file_list,
+        algo=algo,
+        max_evals=max_evals or DEFAULT_MAX_EVALS,
+    )
     if algo == "exhaustive" and max_evals:
         tuner.max_evals = min(int(tuner.max_evals), max_evals)
     tuner.run()
@@ -145,7 +183,8 @@ def _hyperopt_trials(space, base, config_file_list, algo, max_evals):
 
 def _ray_trial(params, space, base, config_file_list, metric, cpus):
     """One ray trial: report the validation metric after every validation (ASHA stops bad trials on it), then one
-    final result with the best validation score under the same key and the test metrics (``test/<metric>``)."""
+    final result with the best validation score under the same key and the test metrics (``test/<metric>``).
+    """
     import ray
     import torch
     from ray.air import session
@@ -157,68 +196,132 @@ def _ray_trial(params, space, base, config_file_list, metric, cpus):
     torch.set_num_threads(cpus)
     gpu_ids = [str(gpu) for gpu in ray.get_gpu_ids()]
     # every trial its own checkpoint folder: trials that start in the same second would share a file name
-    config_dict = dict(base, **config_values(space, params), checkpoint_dir=session.get_trial_dir(),
-                       use_gpu=bool(gpu_ids), gpu_id=",".join(gpu_ids))
+    config_dict = dict(
+        base,
+        **config_values(space, params),
+        checkpoint_dir=session.get_trial_dir(),
+        use_gpu=bool(gpu_ids),
+        gpu_id=",".join(gpu_ids),
+    )
     config, model, trainer, (train_data, valid_data, test_data) = build(
         config_file_list=config_file_list, config_dict=config_dict
     )
 
     def report_validation(epoch_idx, valid_score):
-        session.report({metric: float(valid_score), "best_valid_score": float(trainer.best_valid_score),
-                        "epoch": epoch_idx})
+        session.report(
+            {
+                metric: float(valid_score),
+                "best_valid_score": float(trainer.best_valid_score),
+                "epoch": epoch_idx,
+            }
+        )
 
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, verbose=False, saved=True, callback_fn=report_validation
     )
     test_result = trainer.evaluate(test_data, load_best_model=True)
-    final = {metric: float(best_valid_score), "best_valid_score": float(best_valid_score)}
-    final.update({f"valid/{key}": float(value) for key, value in (best_valid_result or {}).items()})
+    final = {
+        metric: float(best_valid_score),
+        "best_valid_score": float(best_valid_score),
+    }
+    final.update(
+        {
+            f"valid/{key}": float(value)
+            for key, value in (best_valid_result or {}).items()
+        }
+    )
     final.update({f"test/{key}": float(value) for key, value in test_result.items()})
     session.report(final)
 
 
 def _prefixed(metrics, prefix):
-    found = {key[len(prefix):]: value for key, value in metrics.items() if key.startswith(prefix)}
+    found = {
+        key[len(prefix) :]: value
+        for key, value in metrics.items()
+        if key.startswith(prefix)
+    }
     return found or None
 
 
-def _ray_trials(space, base, config_file_list, max_evals, cpus, gpus, folder, metric, bigger, reports):
+def _ray_trials(
+    space,
+    base,
+    config_file_list,
+    max_evals,
+    cpus,
+    gpus,
+    folder,
+    metric,
+    bigger,
+    reports,
+):
     import ray
     from ray import air, tune
     from ray.tune.schedulers import ASHAScheduler
 
     if not ray.is_initialized():
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(
+            num_cpus=os.cpu_count(),
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+        )
     available = ray.cluster_resources()
     for name, wanted in (("CPU", cpus), ("GPU", gpus)):
         if wanted > available.get(name, 0):
             # ray would keep such trials pending forever
-            raise UserInputError(f"a trial asks for {wanted:g} {name}s but ray has {available.get(name, 0):g}: "
-                                 f"lower --{name.lower()}s_per_trial")
-    trainable = tune.with_parameters(_ray_trial, space=space, base=base, config_file_list=config_file_list,
-                                     metric=metric, cpus=cpus)
+            raise UserInputError(
+                f"a trial asks for {wanted:g} {name}s but ray has {available.get(name, 0):g}: "
+                f"lower --{name.lower()}s_per_trial"
+            )
+    trainable = tune.with_parameters(
+        _ray_trial,
+        space=space,
+        base=base,
+        config_file_list=config_file_list,
+        metric=metric,
+        cpus=cpus,
+    )
     mode = "max" if bigger else "min"
     # every validation is one report, and the final result one more: ASHA must not stop a trial before that
-    scheduler = ASHAScheduler(metric=metric, mode=mode, max_t=reports + 1, grace_period=1)
+    scheduler = ASHAScheduler(
+        metric=metric, mode=mode, max_t=reports + 1, grace_period=1
+    )
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": cpus, "gpu": gpus}),
         param_space=ray_space(space),
-        tune_config=tune.TuneConfig(num_samples=max_evals, scheduler=scheduler, chdir_to_trial_dir=False),
-        run_config=air.RunConfig(name=datetime.now().strftime("%Y-%m-%d_%H-%M-%S"), storage_path=folder, verbose=1),
+        tune_config=tune.TuneConfig(
+            num_samples=max_evals, scheduler=scheduler, chdir_to_trial_dir=False
+        ),
+        run_config=air.RunConfig(
+            name=datetime.now().strftime("%Y-%m-%d_%H-%M-%S"),
+            storage_path=folder,
+            verbose=1,
+        ),
     )
     trials, errors = [], []
     for result in tuner.fit():
         params = config_values(space, result.config)
         if result.error is not None:
             errors.append(str(result.error).strip().splitlines()[-1])
-            trials.append(_trial(params, None, None, None, status=f"error: {errors[-1]}"))
+            trials.append(
+                _trial(params, None, None, None, status=f"error: {errors[-1]}")
+            )
             continue
         metrics = result.metrics or {}
         test_result = _prefixed(metrics, "test/")
-        trials.append(_trial(params, metrics.get("best_valid_score"), _prefixed(metrics, "valid/"), test_result,
-                             status="completed" if test_result else "stopped early"))
+        trials.append(
+            _trial(
+                params,
+                metrics.get("best_valid_score"),
+                _prefixed(metrics, "valid/"),
+                test_result,
+                status="completed" if test_result else "stopped early",
+            )
+        )
     if len(errors) == len(trials):
-        raise RuntimeError(f"every ray trial failed; the first: {errors[0] if errors else 'no trials ran'}")
+        raise RuntimeError(
+            f"every ray trial failed; the first: {errors[0] if errors else 'no trials ran'}"
+        )
     return trials
 
 
@@ -230,9 +333,17 @@ def best_trial(trials, bigger):
     return max(pool, key=lambda trial: sign * trial["best_valid_score"], default=None)
 
 
-def sweep_command(model, dataset, hyper_file, tool, algo, max_evals, config_file_list, config_dict):
+def sweep_command(
+    model, dataset, hyper_file, tool, algo, max_evals, config_file_list, config_dict
+):
     """The command line that reruns this sweep (for the results file)."""
-    args = [f"--model={model}", f"--dataset={dataset}", f"--hyper={hyper_file}", f"--tool={tool}", f"--algo={algo}"]
+    args = [
+        f"--model={model}",
+        f"--dataset={dataset}",
+        f"--hyper={hyper_file}",
+        f"--tool={tool}",
+        f"--algo={algo}",
+    ]
     if max_evals:
         args.append(f"--max_evals={max_evals}")
     if config_file_list:
@@ -251,9 +362,21 @@ def markdown(summary):
     params = list(summary["space"])
     best = summary["best_trial"]
     valid_metric = summary["valid_metric"]
-    test_keys = list(dict.fromkeys(key for trial in summary["trials"] for key in (trial["test_result"] or {})))
-    columns = ["trial"] + params + [f"best valid {valid_metric}"] + [f"test {key}" for key in test_keys] + ["status"]
-    best_params = ", ".join(f"`{name}={_cell(value)}`" for name, value in summary["best_params"].items())
+    test_keys = list(
+        dict.fromkeys(
+            key for trial in summary["trials"] for key in (trial["test_result"] or {})
+        )
+    )
+    columns = (
+        ["trial"]
+        + params
+        + [f"best valid {valid_metric}"]
+        + [f"test {key}" for key in test_keys]
+        + ["status"]
+    )
+    best_params = ", ".join(
+        f"`{name}={_cell(value)}`" for name, value in summary["best_params"].items()
+    )
     lines = [
         f"# Hyper-parameter sweep: {summary['model']} on {summary['dataset']} ({summary['tool']}, {summary['algo']})",
         "",
@@ -277,8 +400,19 @@ def markdown(summary):
     return "\n".join(lines) + "\n"
 
 
-def run_hyper(model, dataset, hyper_file, tool="hyperopt", algo=None, max_evals=None, config_file_list=None,
-              config_dict=None, output=None, cpus_per_trial=None, gpus_per_trial=None):
+def run_hyper(
+    model,
+    dataset,
+    hyper_file,
+    tool="hyperopt",
+    algo=None,
+    max_evals=None,
+    config_file_list=None,
+    config_dict=None,
+    output=None,
+    cpus_per_trial=None,
+    gpus_per_trial=None,
+):
     """Sweep ``hyper_file``'s space for ``model`` on ``dataset`` (``config_dict`` and ``config_file_list`` fixed for
     every trial) and write ``<output>.md`` and ``<output>.json``.
 
@@ -294,24 +428,36 @@ def run_hyper(model, dataset, hyper_file, tool="hyperopt", algo=None, max_evals=
     if algo not in ALGOS:
         raise UserInputError(f"unknown algo '{algo}': use {', '.join(ALGOS)}")
     if tool == "ray" and algo != "random":
-        raise UserInputError(f"--tool=ray samples the space at random; --algo={algo} needs --tool=hyperopt")
+        raise UserInputError(
+            f"--tool=ray samples the space at random; --algo={algo} needs --tool=hyperopt"
+        )
     if max_evals is not None and max_evals < 1:
         raise UserInputError(f"--max_evals must be at least 1, got {max_evals}")
     space = read_space(hyper_file)
     if algo == "exhaustive":
         sampled = [name for name, kind, _ in space if kind != "choice"]
         if sampled:
-            raise UserInputError(f"exhaustive search needs 'choice' parameters only ({', '.join(sampled)} in "
-                                 f"{hyper_file} are not): use --algo=random or --algo=bayes")
+            raise UserInputError(
+                f"exhaustive search needs 'choice' parameters only ({', '.join(sampled)} in "
+                f"{hyper_file} are not): use --algo=random or --algo=bayes"
+            )
 
     base = dict(config_dict or {}, model=model, dataset=dataset)
     # only read here; with use_gpu it would pin CUDA_VISIBLE_DEVICES to gpu_id before ray counts the GPUs
-    config = Config(config_file_list=config_file_list, config_dict=dict(base, use_gpu=False))
+    config = Config(
+        config_file_list=config_file_list, config_dict=dict(base, use_gpu=False)
+    )
     unknown = [name for name, _, _ in space if name not in config.final_config_dict]
     if unknown:
-        raise HyperFileError(f"hyper file '{hyper_file}' sets {', '.join(unknown)}: not in {config['model']}'s "
-                             f"config (a typo?)")
-    model, metric, bigger = config["model"], config["valid_metric"].lower(), config["valid_metric_bigger"]
+        raise HyperFileError(
+            f"hyper file '{hyper_file}' sets {', '.join(unknown)}: not in {config['model']}'s "
+            f"config (a typo?)"
+        )
+    model, metric, bigger = (
+        config["model"],
+        config["valid_metric"].lower(),
+        config["valid_metric_bigger"],
+    )
     output = output or os.path.join("results", f"hyper_{model}_{dataset}_{tool}")
 
     if tool == "hyperopt":
@@ -320,26 +466,57 @@ def run_hyper(model, dataset, hyper_file, tool="hyperopt", algo=None, max_evals=
         import torch
 
         cpus = cpus_per_trial or 1
-        gpus = (1 if torch.cuda.is_available() else 0) if gpus_per_trial is None else gpus_per_trial
+        gpus = (
+            (1 if torch.cuda.is_available() else 0)
+            if gpus_per_trial is None
+            else gpus_per_trial
+        )
         # trials run in other processes: paths relative to this working directory must not depend on theirs
         if "data_path" in base:
             base["data_path"] = os.path.abspath(str(base["data_path"]))
-        base["text_cache_dir"] = os.path.abspath(str(base.get("text_cache_dir", config["text_cache_dir"])))
-        reports = config["epochs"] // config["eval_step"] if config["eval_step"] > 0 else 0
-        trials = _ray_trials(space, base, config_file_list, max_evals or DEFAULT_MAX_EVALS, cpus, gpus,
-                             os.path.abspath(f"{output}_ray"), metric, bigger, reports)
+        base["text_cache_dir"] = os.path.abspath(
+            str(base.get("text_cache_dir", config["text_cache_dir"]))
+        )
+        reports = (
+            config["epochs"] // config["eval_step"] if config["eval_step"] > 0 else 0
+        )
+        trials = _ray_trials(
+            space,
+            base,
+            config_file_list,
+            max_evals or DEFAULT_MAX_EVALS,
+            cpus,
+            gpus,
+            os.path.abspath(f"{output}_ray"),
+            metric,
+            bigger,
+            reports,
+        )
 
     best = best_trial(trials, bigger)
     if best is None:
-        raise RuntimeError(f"no trial of the sweep over {hyper_file} produced a validation score")
+        raise RuntimeError(
+            f"no trial of the sweep over {hyper_file} produced a validation score"
+        )
     summary = {
         "model": model,
         "dataset": dataset,
         "tool": tool,
         "algo": algo,
-        "command": sweep_command(model, dataset, hyper_file, tool, algo, max_evals, config_file_list, config_dict),
+        "command": sweep_command(
+            model,
+            dataset,
+            hyper_file,
+            tool,
+            algo,
+            max_evals,
+            config_file_list,
+            config_dict,
+        ),
         "date": datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
-        "space": {name: {"kind": kind, "values": values} for name, kind, values in space},
+        "space": {
+            name: {"kind": kind, "values": values} for name, kind, values in space
+        },
         "valid_metric": metric,
         "valid_score_bigger": bigger,
         "best_trial": trials.index(best) + 1,

@@ -3,6 +3,7 @@ peak memory. Used by the comparison command and the benchmark scripts.
 
 Each run is its own spawned process, so its peak resident memory (ru_maxrss) and its RNG state are its own.
 """
+
 import multiprocessing as mp
 import resource
 import statistics
@@ -12,7 +13,9 @@ import time
 SAMPLED_METRICS = ["hit@5", "hit@10", "ndcg@5", "ndcg@10"]
 
 
-def _sampled_test(model, dataset, config_dict, net, trainer_class, mode, config_files=None):
+def _sampled_test(
+    model, dataset, config_dict, net, trainer_class, mode, config_files=None
+):
     """The trained ``net`` on the same test users, ranked against sampled negatives (``mode``, e.g. uni100)."""
     from recbole.data import data_preparation
     from recbole.utils import init_seed
@@ -20,11 +23,27 @@ def _sampled_test(model, dataset, config_dict, net, trainer_class, mode, config_
     from recbole_transfer.config import Config
     from recbole_transfer.quick_start import create_dataset
 
-    eval_args = {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user",
-                 "mode": {"valid": "full", "test": mode}}
-    config = Config(model=model, dataset=dataset, config_file_list=config_files, config_dict=dict(
-        config_dict, eval_args=eval_args, metrics=["Hit", "NDCG"], topk=[5, 10], valid_metric="NDCG@10"))
-    init_seed(config["seed"], config["reproducibility"])  # the same negatives for every model
+    eval_args = {
+        "split": {"LS": "valid_and_test"},
+        "order": "TO",
+        "group_by": "user",
+        "mode": {"valid": "full", "test": mode},
+    }
+    config = Config(
+        model=model,
+        dataset=dataset,
+        config_file_list=config_files,
+        config_dict=dict(
+            config_dict,
+            eval_args=eval_args,
+            metrics=["Hit", "NDCG"],
+            topk=[5, 10],
+            valid_metric="NDCG@10",
+        ),
+    )
+    init_seed(
+        config["seed"], config["reproducibility"]
+    )  # the same negatives for every model
     _, _, test = data_preparation(config, create_dataset(config))
     result = trainer_class(config, net).evaluate(test, load_best_model=False)
     return {k: float(result[k]) for k in SAMPLED_METRICS}
@@ -54,8 +73,9 @@ def _fit(model, dataset, config_dict, queue, sampled=None, config_files=None):
 def _fit_here(model, dataset, config_dict, sampled, config_files):
     from recbole_transfer.quick_start import build
 
-    config, net, trainer, (train, valid, test) = build(model, dataset, config_file_list=config_files,
-                                                       config_dict=dict(config_dict))
+    config, net, trainer, (train, valid, test) = build(
+        model, dataset, config_file_list=config_files, config_dict=dict(config_dict)
+    )
     epoch_times = []
     train_epoch = trainer._train_epoch
 
@@ -68,30 +88,44 @@ def _fit_here(model, dataset, config_dict, sampled, config_files):
     trainer._train_epoch = timed_train_epoch
     start = time.time()
     _, best_valid = trainer.fit(train, valid, saved=True, show_progress=False)
-    if config["epochs"] == 0:  # zero-shot: the loaded model's validation result, for choosing among models
+    if (
+        config["epochs"] == 0
+    ):  # zero-shot: the loaded model's validation result, for choosing among models
         best_valid = trainer.evaluate(valid, load_best_model=False)
     fit_seconds = time.time() - start
     # epochs=0: nothing trained and no checkpoint (zero-shot evaluation of a loaded model)
     test_result = trainer.evaluate(test, load_best_model=config["epochs"] > 0)
-    sampled_result = (_sampled_test(model, dataset, config_dict, net, type(trainer), sampled, config_files)
-                      if sampled else None)
+    sampled_result = (
+        _sampled_test(
+            model, dataset, config_dict, net, type(trainer), sampled, config_files
+        )
+        if sampled
+        else None
+    )
     return {
         "model": config["model"],
         "test": {k: float(v) for k, v in test_result.items()},
         "sampled": sampled_result,
         "epochs": len(epoch_times),
-        "epoch_seconds": statistics.median(epoch_times) if epoch_times else float("nan"),
+        "epoch_seconds": (
+            statistics.median(epoch_times) if epoch_times else float("nan")
+        ),
         "fit_minutes": fit_seconds / 60,
         "trainable": sum(p.numel() for p in net.parameters() if p.requires_grad),
         "total": sum(p.numel() for p in net.parameters()),
         "hidden": config["hidden_size"],
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "checkpoint": trainer.saved_model_file if config["epochs"] > 0 else None,
-        "best_valid_score": float(trainer.best_valid_score) if config["epochs"] > 0 else None,
+        "best_valid_score": (
+            float(trainer.best_valid_score) if config["epochs"] > 0 else None
+        ),
         "best_valid": {k: float(v) for k, v in (best_valid or {}).items()},
         # trainers with their own update loop (MetaTrainer) time each iteration
-        "iteration_seconds": statistics.median(trainer.iteration_seconds)
-        if getattr(trainer, "iteration_seconds", None) else None,
+        "iteration_seconds": (
+            statistics.median(trainer.iteration_seconds)
+            if getattr(trainer, "iteration_seconds", None)
+            else None
+        ),
     }
 
 
@@ -105,7 +139,9 @@ def fit_and_measure(model, dataset, config_dict, sampled=None, config_files=None
     Raises ``RunFailed`` with the child's error line when the run fails."""
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
-    proc = ctx.Process(target=_fit, args=(model, dataset, config_dict, queue, sampled, config_files))
+    proc = ctx.Process(
+        target=_fit, args=(model, dataset, config_dict, queue, sampled, config_files)
+    )
     proc.start()
     proc.join()
     result = None if queue.empty() else queue.get()

@@ -5,6 +5,7 @@
 Keeps the model's transferable weights (``Model.TRANSFERABLE`` prefixes: no text tables, no optimizer state) and
 the plain config, so ``pretrained_path=`` checks (model, architecture keys) work on the exported file too.
 """
+
 import argparse
 import os
 import sys
@@ -16,14 +17,25 @@ def export(src, dst):
     checkpoint = compat.load_checkpoint(src)
     model_class = registry.get_model_class(checkpoint["config"]["model"])
     keep = model_class.TRANSFERABLE
-    state = {k: v for k, v in checkpoint["state_dict"].items() if k.split(".")[0] in keep}
+    state = {
+        k: v for k, v in checkpoint["state_dict"].items() if k.split(".")[0] in keep
+    }
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    compat.atomic_torch_save({"config": checkpoint["config"], "epoch": checkpoint["epoch"], "state_dict": state}, dst)
+    compat.atomic_torch_save(
+        {
+            "config": checkpoint["config"],
+            "epoch": checkpoint["epoch"],
+            "state_dict": state,
+        },
+        dst,
+    )
     return dst
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("src", help="checkpoint written by a pretrain stage")
     parser.add_argument("dst", help="output file")
     args = parser.parse_args(argv)

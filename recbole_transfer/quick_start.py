@@ -3,6 +3,7 @@
 ``run`` spawns ``nproc`` processes for RecBole's distributed training (NCCL on GPUs, gloo on CPU).
 ``objective_function`` is the hook RecBole's HyperTuning calls.
 """
+
 import logging
 import sys
 from logging import getLogger
@@ -28,7 +29,12 @@ def create_dataset(config):
 
 def build(model=None, dataset=None, config_file_list=None, config_dict=None):
     """Config, data loaders, model and trainer, ready to fit (used by the runner, tuning and tests)."""
-    config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    config = Config(
+        model=model,
+        dataset=dataset,
+        config_file_list=config_file_list,
+        config_dict=config_dict,
+    )
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
@@ -40,41 +46,68 @@ def build(model=None, dataset=None, config_file_list=None, config_dict=None):
     train_data, valid_data, test_data = data_preparation(config, data)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model = registry.get_model_class(config["model"])(config, train_data._dataset).to(config["device"])
+    model = registry.get_model_class(config["model"])(config, train_data._dataset).to(
+        config["device"]
+    )
     logger.info(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    logger.info(set_color("Trainable parameters", "blue") + f": {trainable} / {total} ({100.0 * trainable / max(total, 1):.2f}%)")
+    logger.info(
+        set_color("Trainable parameters", "blue")
+        + f": {trainable} / {total} ({100.0 * trainable / max(total, 1):.2f}%)"
+    )
     if config["log_flops"]:
-        flops = get_flops(model, data, config["device"], logger, construct_transform(config))
+        flops = get_flops(
+            model, data, config["device"], logger, construct_transform(config)
+        )
         logger.info(set_color("FLOPs", "blue") + f": {flops}")
 
-    trainer = registry.get_trainer_class(config["model"], config["MODEL_TYPE"], config["train_stage"])(config, model)
+    trainer = registry.get_trainer_class(
+        config["model"], config["MODEL_TYPE"], config["train_stage"]
+    )(config, model)
     return config, model, trainer, (train_data, valid_data, test_data)
 
 
-def run_recbole_transfer(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None):
+def run_recbole_transfer(
+    model=None,
+    dataset=None,
+    config_file_list=None,
+    config_dict=None,
+    saved=True,
+    queue=None,
+):
     """Train with early stopping on the validation split, then test the best checkpoint.
 
     Returns ``{best_valid_score, valid_score_bigger, best_valid_result, test_result, checkpoint}``.
     """
-    config, model, trainer, (train_data, valid_data, test_data) = build(model, dataset, config_file_list, config_dict)
+    config, model, trainer, (train_data, valid_data, test_data) = build(
+        model, dataset, config_file_list, config_dict
+    )
     logger = getLogger()
     if config["resume_checkpoint"]:
         trainer.resume_checkpoint(config["resume_checkpoint"])
 
     evaluates = getattr(trainer, "evaluates", True)  # pretraining stages train only
     best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data if evaluates else None, saved=saved, show_progress=config["show_progress"]
+        train_data,
+        valid_data if evaluates else None,
+        saved=saved,
+        show_progress=config["show_progress"],
     )
     # --epochs=0 (e.g. zero-shot evaluation of a loaded adapter): no checkpoint was written, test the model as is
     saved = saved and config["epochs"] > 0
     test_result = (
-        trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
-        if evaluates else None
+        trainer.evaluate(
+            test_data, load_best_model=saved, show_progress=config["show_progress"]
+        )
+        if evaluates
+        else None
     )
 
-    logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
+    logger.info(
+        "The running environment of this training is as follows:\n"
+        + get_environment(config).draw()
+    )
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
     if saved:
@@ -98,36 +131,74 @@ def run_recbole_transfer(model=None, dataset=None, config_file_list=None, config
 
 def _run_rank(rank, model, dataset, config_file_list, config_dict, saved, queue):
     config_dict = dict(config_dict, local_rank=rank)
-    run_recbole_transfer(model, dataset, config_file_list, config_dict, saved=saved, queue=queue)
+    run_recbole_transfer(
+        model, dataset, config_file_list, config_dict, saved=saved, queue=queue
+    )
 
 
-def run(model, dataset, config_file_list=None, config_dict=None, saved=True, nproc=1, world_size=-1,
-        ip="localhost", port="5678", group_offset=0):
+def run(
+    model,
+    dataset,
+    config_file_list=None,
+    config_dict=None,
+    saved=True,
+    nproc=1,
+    world_size=-1,
+    ip="localhost",
+    port="5678",
+    group_offset=0,
+):
     """Single process, or ``nproc`` spawned ranks through torch.distributed (RecBole's DDP path)."""
     if nproc == 1 and world_size <= 0:
-        return run_recbole_transfer(model, dataset, config_file_list, config_dict, saved=saved)
+        return run_recbole_transfer(
+            model, dataset, config_file_list, config_dict, saved=saved
+        )
     import torch.multiprocessing as mp
 
     world_size = nproc if world_size == -1 else world_size
-    config_dict = dict(config_dict or {}, world_size=world_size, ip=ip, port=str(port), nproc=nproc,
-                       offset=group_offset)
+    config_dict = dict(
+        config_dict or {},
+        world_size=world_size,
+        ip=ip,
+        port=str(port),
+        nproc=nproc,
+        offset=group_offset,
+    )
     queue = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(_run_rank, args=(model, dataset, config_file_list, config_dict, saved, queue), nprocs=nproc, join=True)
+    mp.spawn(
+        _run_rank,
+        args=(model, dataset, config_file_list, config_dict, saved, queue),
+        nprocs=nproc,
+        join=True,
+    )
     return None if queue.empty() else queue.get()
 
 
-def run_pretrain_then_finetune(model, dataset, pretrain_datasets, config_file_list=None, config_dict=None, **run_args):
+def run_pretrain_then_finetune(
+    model,
+    dataset,
+    pretrain_datasets,
+    config_file_list=None,
+    config_dict=None,
+    **run_args,
+):
     """The whole recipe: the model's pretrain stage on ``pretrain_datasets`` merged, then its fine-tuning stage
     (``train_stage`` from the config, e.g. UniSRec's transductive_ft) on ``dataset`` from the last pretrain
     snapshot. Returns ``(pretrain_result, finetune_result)``."""
     name = registry.resolve_model_name(model)
     if not registry.has_stage(name, "pretrain"):
-        raise UserInputError(f"model '{name}' has no pretrain stage; --pretrain_datasets needs one")
+        raise UserInputError(
+            f"model '{name}' has no pretrain stage; --pretrain_datasets needs one"
+        )
     config_dict = dict(config_dict or {})
     if config_dict.get("train_stage") == "pretrain":
-        raise UserInputError("--pretrain_datasets runs the pretrain stage itself; pass a fine-tuning train_stage")
+        raise UserInputError(
+            "--pretrain_datasets runs the pretrain stage itself; pass a fine-tuning train_stage"
+        )
     pretrain_dict = dict(config_dict, train_stage="pretrain", pretrained_path=None)
-    pretrained = run(name, pretrain_datasets, config_file_list, pretrain_dict, **run_args)
+    pretrained = run(
+        name, pretrain_datasets, config_file_list, pretrain_dict, **run_args
+    )
     finetune_dict = dict(config_dict, pretrained_path=pretrained["checkpoint"])
     return pretrained, run(name, dataset, config_file_list, finetune_dict, **run_args)
 
@@ -138,7 +209,9 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
         config_file_list=config_file_list, config_dict=config_dict
     )
     logging.basicConfig(level=logging.ERROR)
-    best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, verbose=False, saved=saved)
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, verbose=False, saved=saved
+    )
     test_result = trainer.evaluate(test_data, load_best_model=saved)
     return {
         "model": config["model"],

@@ -4,6 +4,7 @@ Plugin models are looked up first; any other name goes to stock RecBole. RecBole
 plugin classes and, for unknown names, fails on an unrelated optional import, so unknown names are caught here with
 the closest known names in the message.
 """
+
 import difflib
 import importlib
 import os
@@ -63,14 +64,25 @@ def recbole_model_names():
 def resolve_model_name(name):
     """The canonical spelling of a plugin or RecBole model name (case-insensitive); unknown names raise
     ``UnknownModelError`` listing the close matches."""
-    known = list(_PLUGIN_MODELS) + [n for n in recbole_model_names() if n not in _PLUGIN_MODELS]
+    known = list(_PLUGIN_MODELS) + [
+        n for n in recbole_model_names() if n not in _PLUGIN_MODELS
+    ]
     if name in known:
         return name
     by_lower = {n.lower(): n for n in known}
     if str(name).lower() in by_lower:
         return by_lower[str(name).lower()]
-    close = [by_lower[n] for n in difflib.get_close_matches(str(name).lower(), list(by_lower), n=5, cutoff=0.5)]
-    hint = f"; close matches: {', '.join(close)}" if close else "; see recbole_transfer.registry.plugin_model_names()"
+    close = [
+        by_lower[n]
+        for n in difflib.get_close_matches(
+            str(name).lower(), list(by_lower), n=5, cutoff=0.5
+        )
+    ]
+    hint = (
+        f"; close matches: {', '.join(close)}"
+        if close
+        else "; see recbole_transfer.registry.plugin_model_names()"
+    )
     raise UnknownModelError(f"unknown model '{name}'{hint}")
 
 
@@ -135,7 +147,11 @@ register(
     "recbole_transfer.trainer.lm:BehaviorTuningTrainer",
 )
 for _name in ("PLMInitSASRec", "PLMInitBERT4Rec"):
-    register(_name, f"recbole_transfer.model.plm_init:{_name}", "recbole_transfer.data.dataset:PLMInitDataset")
+    register(
+        _name,
+        f"recbole_transfer.model.plm_init:{_name}",
+        "recbole_transfer.data.dataset:PLMInitDataset",
+    )
 register(
     "PeterRec",
     "recbole_transfer.model.peterrec:PeterRec",
@@ -155,4 +171,8 @@ register(
     "recbole_transfer.data.dataset:ItemTextDataset",
     "recbole_transfer.trainer.lm:PromptLoRATrainer",
 )
-register("XCross", "recbole_transfer.model.xcross:XCross", "recbole_transfer.data.dataset:ItemTextDataset")
+register(
+    "XCross",
+    "recbole_transfer.model.xcross:XCross",
+    "recbole_transfer.data.dataset:ItemTextDataset",
+)

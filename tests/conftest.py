@@ -1,4 +1,5 @@
 """Shared fixtures: tiny datasets cut from the committed real data (first N users, all their rows)."""
+
 import sys
 from pathlib import Path
 
@@ -29,7 +30,10 @@ def cut_users(name, n_users, out_root):
     dst = Path(out_root) / name
     dst.mkdir(parents=True, exist_ok=True)
     users, items = [], set()
-    with open(src / f"{name}.inter", encoding="utf-8") as fin, open(dst / f"{name}.inter", "w", encoding="utf-8") as fout:
+    with (
+        open(src / f"{name}.inter", encoding="utf-8") as fin,
+        open(dst / f"{name}.inter", "w", encoding="utf-8") as fout,
+    ):
         fout.write(fin.readline())
         for line in fin:
             user, item = line.split("\t")[:2]
@@ -41,7 +45,10 @@ def cut_users(name, n_users, out_root):
             fout.write(line)
     text = src / f"{name}.text"
     if text.exists():
-        with open(text, encoding="utf-8") as fin, open(dst / f"{name}.text", "w", encoding="utf-8") as fout:
+        with (
+            open(text, encoding="utf-8") as fin,
+            open(dst / f"{name}.text", "w", encoding="utf-8") as fout,
+        ):
             fout.write(fin.readline())
             for line in fin:
                 if line.split("\t", 1)[0] in items:

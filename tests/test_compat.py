@@ -1,4 +1,5 @@
 """Each patch in recbole_transfer/compat.py, tested through the behaviour it fixes."""
+
 import os
 
 import numpy as np
@@ -12,7 +13,9 @@ from conftest import FAST
 
 
 def _tiny(tiny_root, tmp_path, **extra):
-    return dict(FAST, data_path=str(tiny_root), checkpoint_dir=str(tmp_path / "saved"), **extra)
+    return dict(
+        FAST, data_path=str(tiny_root), checkpoint_dir=str(tmp_path / "saved"), **extra
+    )
 
 
 def test_numpy_aliases_set_at_import():
@@ -25,21 +28,32 @@ def test_numpy2_removed_names_restored(monkeypatch):
     for name in ("float_", "complex_", "unicode_"):
         monkeypatch.delattr(np, name, raising=False)
     compat.set_numpy_aliases()
-    assert np.float_ is np.float64 and np.complex_ is np.complex128 and np.unicode_ is np.str_
+    assert (
+        np.float_ is np.float64
+        and np.complex_ is np.complex128
+        and np.unicode_ is np.str_
+    )
     Config(model="SASRec", dataset="ml-100k", config_dict={"show_progress": False})
 
 
 def test_checkpoint_loads_safely_and_resumes(tiny_root, tmp_path):
-    config, model, trainer, (train, valid, test) = build("SASRec", "Scientific", config_dict=_tiny(tiny_root, tmp_path))
+    config, model, trainer, (train, valid, test) = build(
+        "SASRec", "Scientific", config_dict=_tiny(tiny_root, tmp_path)
+    )
     trainer.fit(train, valid, saved=True, show_progress=False)
     checkpoint = compat.load_checkpoint(trainer.saved_model_file)  # weights_only=True
-    assert isinstance(checkpoint["config"], dict) and checkpoint["config"]["model"] == "SASRec"
+    assert (
+        isinstance(checkpoint["config"], dict)
+        and checkpoint["config"]["model"] == "SASRec"
+    )
     assert checkpoint["epoch"] in (0, 1)
     assert not [f for f in os.listdir(tmp_path / "saved") if f.startswith(".tmp-")]
     # RecBole's own reload paths use torch.load's safe default and must work unchanged
     result = trainer.evaluate(test, load_best_model=True)
     assert set(result) == {"recall@10", "recall@50", "ndcg@10", "ndcg@50"}
-    _, _, fresh, _ = build("SASRec", "Scientific", config_dict=_tiny(tiny_root, tmp_path))
+    _, _, fresh, _ = build(
+        "SASRec", "Scientific", config_dict=_tiny(tiny_root, tmp_path)
+    )
     fresh.resume_checkpoint(trainer.saved_model_file)
     assert fresh.start_epoch == checkpoint["epoch"] + 1
     for key, value in checkpoint["state_dict"].items():
@@ -62,15 +76,26 @@ def test_pickled_config_is_what_breaks_safe_loading(tiny_root, tmp_path):
 
 
 def test_collector_handles_non_accuracy_metrics(tiny_root, tmp_path):
-    extra = {"metrics": ["Recall", "NDCG", "ItemCoverage", "GiniIndex", "AveragePopularity"], "topk": [10]}
-    result = run_recbole_transfer("SASRec", "Scientific", config_dict=_tiny(tiny_root, tmp_path, epochs=1, **extra))
+    extra = {
+        "metrics": ["Recall", "NDCG", "ItemCoverage", "GiniIndex", "AveragePopularity"],
+        "topk": [10],
+    }
+    result = run_recbole_transfer(
+        "SASRec",
+        "Scientific",
+        config_dict=_tiny(tiny_root, tmp_path, epochs=1, **extra),
+    )
     test = result["test_result"]
     assert 0.0 < test["itemcoverage@10"] <= 1.0 and 0.0 <= test["giniindex@10"] <= 1.0
 
 
 def test_same_seed_same_metrics(tiny_root, tmp_path):
-    first = run_recbole_transfer("SASRec", "Scientific", config_dict=_tiny(tiny_root, tmp_path / "a"))
-    second = run_recbole_transfer("SASRec", "Scientific", config_dict=_tiny(tiny_root, tmp_path / "b"))
+    first = run_recbole_transfer(
+        "SASRec", "Scientific", config_dict=_tiny(tiny_root, tmp_path / "a")
+    )
+    second = run_recbole_transfer(
+        "SASRec", "Scientific", config_dict=_tiny(tiny_root, tmp_path / "b")
+    )
     assert first["test_result"] == second["test_result"]
     assert first["best_valid_result"] == second["best_valid_result"]
 
@@ -86,9 +111,20 @@ def test_two_process_gloo_ddp_runs_on_cpu(tiny_root, tmp_path):
     from recbole.trainer.trainer import Trainer
 
     assert Trainer.evaluate.__wrapped__ is not None
-    result = run("SASRec", "Scientific", config_dict=_tiny(tiny_root, tmp_path, epochs=1), nproc=2, port="29531")
+    result = run(
+        "SASRec",
+        "Scientific",
+        config_dict=_tiny(tiny_root, tmp_path, epochs=1),
+        nproc=2,
+        port="29531",
+    )
     assert result is not None
-    assert set(result["test_result"]) == {"recall@10", "recall@50", "ndcg@10", "ndcg@50"}
+    assert set(result["test_result"]) == {
+        "recall@10",
+        "recall@50",
+        "ndcg@10",
+        "ndcg@50",
+    }
     assert all(0.0 <= v <= 1.0 for v in result["test_result"].values())
     assert os.path.isfile(result["checkpoint"])
 

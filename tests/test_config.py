@@ -1,10 +1,16 @@
 """Config layering, registry lookup and one-line errors for bad input."""
+
 import sys
 
 import pytest
 
 from recbole_transfer import registry
-from recbole_transfer.config import Config, ConfigError, UnknownDatasetError, parse_cli_overrides
+from recbole_transfer.config import (
+    Config,
+    ConfigError,
+    UnknownDatasetError,
+    parse_cli_overrides,
+)
 from recbole_transfer.registry import UnknownModelError
 
 from conftest import DATASET_DIR
@@ -14,11 +20,18 @@ def test_plugin_yaml_layers_and_priorities(tmp_path, monkeypatch):
     user_file = tmp_path / "user.yaml"
     user_file.write_text("epochs: 7\nlearning_rate: 0.01\ntrain_batch_size: 128\n")
     monkeypatch.setattr(sys, "argv", ["run", "--train_batch_size=64"])
-    config = Config(model="SASRec", dataset="Scientific", config_file_list=[str(user_file)],
-                    config_dict={"learning_rate": 0.005, "train_batch_size": 99})
+    config = Config(
+        model="SASRec",
+        dataset="Scientific",
+        config_file_list=[str(user_file)],
+        config_dict={"learning_rate": 0.005, "train_batch_size": 99},
+    )
     # properties/overall.yaml (plugin) over RecBole's defaults
     assert config["topk"] == [10, 50] and config["valid_metric"] == "NDCG@10"
-    assert config["eval_args"]["split"] == {"LS": "valid_and_test"} and config["eval_args"]["order"] == "TO"
+    assert (
+        config["eval_args"]["split"] == {"LS": "valid_and_test"}
+        and config["eval_args"]["order"] == "TO"
+    )
     # properties/dataset/Scientific.yaml
     assert config["load_col"] == {"inter": ["user_id", "item_id", "timestamp"]}
     # RecBole's model yaml still applies to stock models
@@ -33,7 +46,15 @@ def test_plugin_yaml_layers_and_priorities(tmp_path, monkeypatch):
 def test_model_names_resolve_case_insensitively():
     assert registry.resolve_model_name("sasrec") == "SASRec"
     assert registry.resolve_model_name("BERT4REC") == "BERT4Rec"
-    for name in ["SASRec", "BERT4Rec", "GRU4Rec", "NextItNet", "FDSA", "LightSANs", "BPR"]:
+    for name in [
+        "SASRec",
+        "BERT4Rec",
+        "GRU4Rec",
+        "NextItNet",
+        "FDSA",
+        "LightSANs",
+        "BPR",
+    ]:
         assert name in registry.recbole_model_names()
 
 
@@ -58,12 +79,18 @@ def test_unknown_dataset_lists_available():
 def test_malformed_key_value(arg):
     with pytest.raises(ConfigError) as err:
         parse_cli_overrides([arg])
-    assert str(err.value) == f"malformed command-line argument '{arg}': expected --key=value"
+    assert (
+        str(err.value)
+        == f"malformed command-line argument '{arg}': expected --key=value"
+    )
 
 
 def test_malformed_key_value_through_config(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["run", "--epochs"])
-    with pytest.raises(ConfigError, match=r"^malformed command-line argument '--epochs': expected --key=value$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^malformed command-line argument '--epochs': expected --key=value$",
+    ):
         Config(model="SASRec", dataset="Scientific")
 
 
@@ -73,4 +100,7 @@ def test_missing_config_file():
 
 
 def test_cli_values_keep_second_equals_sign():
-    assert parse_cli_overrides(["--note=a=b", "--epochs=3"]) == {"note": "a=b", "epochs": "3"}
+    assert parse_cli_overrides(["--note=a=b", "--epochs=3"]) == {
+        "note": "a=b",
+        "epochs": "3",
+    }

@@ -1,6 +1,8 @@
 """The converter: shipped files regenerate identically, match the sources, and user data converts.
 
-Every row used here comes from ../shared/data or from the committed dataset/ files made from it."""
+Every row used here comes from ../shared/data or from the committed dataset/ files made from it.
+"""
+
 import csv
 import gzip
 import json
@@ -61,40 +63,87 @@ def scientific():
 @pytest.mark.parametrize("name", ["Scientific", "Tools"])
 def test_regeneration_is_byte_identical(name, tmp_path):
     props = tmp_path / "props"
-    assert prepare.main(["--only", name, "--output_root", str(tmp_path), "--properties_dir", str(props)]) == 0
+    assert (
+        prepare.main(
+            [
+                "--only",
+                name,
+                "--output_root",
+                str(tmp_path),
+                "--properties_dir",
+                str(props),
+            ]
+        )
+        == 0
+    )
     for suffix in ("inter", "text"):
-        assert (tmp_path / name / f"{name}.{suffix}").read_bytes() == (DATASET_DIR / name / f"{name}.{suffix}").read_bytes()
-    assert (props / f"{name}.yaml").read_bytes() == (REPO / "properties" / "dataset" / f"{name}.yaml").read_bytes()
+        assert (tmp_path / name / f"{name}.{suffix}").read_bytes() == (
+            DATASET_DIR / name / f"{name}.{suffix}"
+        ).read_bytes()
+    assert (props / f"{name}.yaml").read_bytes() == (
+        REPO / "properties" / "dataset" / f"{name}.yaml"
+    ).read_bytes()
     # temporaries were renamed, none left behind
-    assert sorted(p.name for p in (tmp_path / name).iterdir()) == [f"{name}.inter", f"{name}.text"]
+    assert sorted(p.name for p in (tmp_path / name).iterdir()) == [
+        f"{name}.inter",
+        f"{name}.text",
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(SOURCE_COUNTS))
 def test_counts_match_source_readmes(name):
     counts = prepare.dataset_counts(str(DATASET_DIR / name))
-    assert (counts["users"], counts["items"], counts["interactions"]) == SOURCE_COUNTS[name]
+    assert (counts["users"], counts["items"], counts["interactions"]) == SOURCE_COUNTS[
+        name
+    ]
     users, items, inters = SOURCE_COUNTS[name]
-    assert f"| {name} | {users:,} | {items:,} | {inters:,} |" in (DATASET_DIR / "README.md").read_text()
+    assert (
+        f"| {name} | {users:,} | {items:,} | {inters:,} |"
+        in (DATASET_DIR / "README.md").read_text()
+    )
 
 
 def test_readme_is_what_the_code_counts():
-    assert (DATASET_DIR / "README.md").read_text(encoding="utf-8") == prepare.readme_text(str(DATASET_DIR))
+    assert (DATASET_DIR / "README.md").read_text(
+        encoding="utf-8"
+    ) == prepare.readme_text(str(DATASET_DIR))
 
 
 @pytest.mark.parametrize("name", sorted(SOURCE_COUNTS))
 def test_dataset_yaml_loads_only_inter(name):
-    text = (REPO / "properties" / "dataset" / f"{name}.yaml").read_text(encoding="utf-8")
-    assert "  inter: [user_id, item_id, timestamp]\n" in text and "TIME_FIELD: timestamp" in text
-    assert ("text_side_file: text" in text) == (DATASET_DIR / name / f"{name}.text").exists()
+    text = (REPO / "properties" / "dataset" / f"{name}.yaml").read_text(
+        encoding="utf-8"
+    )
+    assert (
+        "  inter: [user_id, item_id, timestamp]\n" in text
+        and "TIME_FIELD: timestamp" in text
+    )
+    assert ("text_side_file: text" in text) == (
+        DATASET_DIR / name / f"{name}.text"
+    ).exists()
 
 
 def test_scientific_sample_matches_source_split_and_text(scientific):
     seqs, shipped_text = scientific
-    item_of = {index: asin for asin, index in _rows_nohead(SCI_SOURCE / "Scientific.item2index")}
-    user_of = {index: user for user, index in _rows_nohead(SCI_SOURCE / "Scientific.user2index")}
-    valid = {user_of[u]: (h.split(), item_of[i]) for u, h, i in _rows(SCI_SOURCE / "Scientific.valid.inter")}
-    test = {user_of[u]: (h.split(), item_of[i]) for u, h, i in _rows(SCI_SOURCE / "Scientific.test.inter")}
-    source_text = {asin: text.strip() for asin, text in _rows(SCI_SOURCE / "Scientific.text")}
+    item_of = {
+        index: asin
+        for asin, index in _rows_nohead(SCI_SOURCE / "Scientific.item2index")
+    }
+    user_of = {
+        index: user
+        for user, index in _rows_nohead(SCI_SOURCE / "Scientific.user2index")
+    }
+    valid = {
+        user_of[u]: (h.split(), item_of[i])
+        for u, h, i in _rows(SCI_SOURCE / "Scientific.valid.inter")
+    }
+    test = {
+        user_of[u]: (h.split(), item_of[i])
+        for u, h, i in _rows(SCI_SOURCE / "Scientific.test.inter")
+    }
+    source_text = {
+        asin: text.strip() for asin, text in _rows(SCI_SOURCE / "Scientific.text")
+    }
     for user in random.Random(0).sample(sorted(seqs), 50):
         items = [item for item, _ in seqs[user]]
         assert items[-2] == valid[user][1] and items[-1] == test[user][1]
@@ -118,11 +167,23 @@ def test_leave_one_out_through_recbole_matches_source_split(monkeypatch):
     config = Config("SASRec", "Scientific", config_dict={"state": "WARNING"})
     dataset = create_dataset(config)
     _, valid_data, test_data = data_preparation(config, dataset)
-    item_of = {index: asin for asin, index in _rows_nohead(SCI_SOURCE / "Scientific.item2index")}
-    user_of = {index: user for user, index in _rows_nohead(SCI_SOURCE / "Scientific.user2index")}
+    item_of = {
+        index: asin
+        for asin, index in _rows_nohead(SCI_SOURCE / "Scientific.item2index")
+    }
+    user_of = {
+        index: user
+        for user, index in _rows_nohead(SCI_SOURCE / "Scientific.user2index")
+    }
     expected = {
-        "valid": {user_of[u]: item_of[i] for u, _, i in _rows(SCI_SOURCE / "Scientific.valid.inter")},
-        "test": {user_of[u]: item_of[i] for u, _, i in _rows(SCI_SOURCE / "Scientific.test.inter")},
+        "valid": {
+            user_of[u]: item_of[i]
+            for u, _, i in _rows(SCI_SOURCE / "Scientific.valid.inter")
+        },
+        "test": {
+            user_of[u]: item_of[i]
+            for u, _, i in _rows(SCI_SOURCE / "Scientific.test.inter")
+        },
     }
     for phase, loader in (("valid", valid_data), ("test", test_data)):
         split = loader._dataset
@@ -133,28 +194,47 @@ def test_leave_one_out_through_recbole_matches_source_split(monkeypatch):
             assert expected[phase][user] == item
 
 
-@pytest.mark.parametrize("pair", [("ABE_Beauty", "ABE_Electronics"), ("AFK_Food", "AFK_Kitchen")])
+@pytest.mark.parametrize(
+    "pair", [("ABE_Beauty", "ABE_Electronics"), ("AFK_Food", "AFK_Kitchen")]
+)
 def test_abxi_domains_share_users(pair):
-    a, b = ({u for u, _, _ in _rows(DATASET_DIR / name / f"{name}.inter")} for name in pair)
+    a, b = (
+        {u for u, _, _ in _rows(DATASET_DIR / name / f"{name}.inter")} for name in pair
+    )
     assert a == b and len(a) == SOURCE_COUNTS[pair[0]][0]
-    assert all(u.startswith("A") for u in a)  # raw reviewer IDs, not the source's indices
+    assert all(
+        u.startswith("A") for u in a
+    )  # raw reviewer IDs, not the source's indices
 
 
 def test_pantry_dates_become_unix_seconds():
-    source = _rows(SHARED_DATA / "amazon2018_pantry_instruments_recbole_idonly" / "Pantry" / "Pantry.inter")
-    assert source[0] == ["0", "0", "2015-06-23"]  # the first real row: 2015-06-23 00:00 UTC = 1435017600
+    source = _rows(
+        SHARED_DATA
+        / "amazon2018_pantry_instruments_recbole_idonly"
+        / "Pantry"
+        / "Pantry.inter"
+    )
+    assert source[0] == [
+        "0",
+        "0",
+        "2015-06-23",
+    ]  # the first real row: 2015-06-23 00:00 UTC = 1435017600
     assert prepare.date_to_unix("2015-06-23") == 1435017600
     seqs = _sequences(DATASET_DIR / "Pantry" / "Pantry.inter")
     assert ("0", 1435017600.0) in seqs["0"]
     assert all(a[1] <= b[1] for s in seqs.values() for a, b in zip(s, s[1:]))
-    assert sum(len(s) for s in seqs.values()) == len(source)  # every row kept, duplicates included
+    assert sum(len(s) for s in seqs.values()) == len(
+        source
+    )  # every row kept, duplicates included
 
 
 def test_recformer_user_split_kept():
     split = dict(_rows(DATASET_DIR / "Toys" / "Toys.user"))
     assert Counter(split.values()) == {"train": 17073, "heldout": 4269}
     sports = dict(_rows(DATASET_DIR / "Sports" / "Sports.text"))
-    assert sum(1 for t in sports.values() if not t) == 3  # the three JSON NaN titles of the source
+    assert (
+        sum(1 for t in sports.values() if not t) == 3
+    )  # the three JSON NaN titles of the source
 
 
 # --- user data ---------------------------------------------------------------------------------------------------
@@ -168,14 +248,31 @@ def test_user_csv_round_trip(tmp_path, scientific):
             for item, ts in seqs[user]:
                 writer.writerow([user, item, int(ts), texts[item]])
     out = tmp_path / "out"
-    assert prepare.main(["--csv", str(tmp_path / "my.csv"), "--name", "Mine", "--output_root", str(out)]) == 0
+    assert (
+        prepare.main(
+            [
+                "--csv",
+                str(tmp_path / "my.csv"),
+                "--name",
+                "Mine",
+                "--output_root",
+                str(out),
+            ]
+        )
+        == 0
+    )
     converted = _sequences(out / "Mine" / "Mine.inter")
     assert list(converted) == users and all(converted[u] == seqs[u] for u in users)
     items = {item for u in users for item, _ in seqs[u]}
     assert prepare.dataset_counts(str(out / "Mine")) == {
-        "users": 30, "items": len(items), "interactions": sum(len(seqs[u]) for u in users)}
+        "users": 30,
+        "items": len(items),
+        "interactions": sum(len(seqs[u]) for u in users),
+    }
     converted_text = dict(_rows(out / "Mine" / "Mine.text"))
-    assert set(converted_text) == items and all(texts[i] == t for i, t in converted_text.items())
+    assert set(converted_text) == items and all(
+        texts[i] == t for i, t in converted_text.items()
+    )
 
 
 def _kcore(rows, k):
@@ -203,12 +300,27 @@ def test_amazon_raw_kcore(tmp_path, scientific):
         for n, item in enumerate(items):
             title, _, rest = texts[item].partition(". ")
             categories, _, brand = rest.partition(". ")
-            record = {"asin": item, "title": title, "category": [categories], "brand": brand}
+            record = {
+                "asin": item,
+                "title": title,
+                "category": [categories],
+                "brand": brand,
+            }
             # every other line as a Python literal, as in the Amazon 2014 metadata files
             f.write((json.dumps(record) if n % 2 else repr(record)) + "\n")
     out = tmp_path / "out"
-    args = ["--amazon_ratings", str(tmp_path / "ratings.csv"), "--amazon_meta", str(tmp_path / "meta.json.gz"),
-            "--name", "Sci5", "--output_root", str(out), "--kcore", "5"]
+    args = [
+        "--amazon_ratings",
+        str(tmp_path / "ratings.csv"),
+        "--amazon_meta",
+        str(tmp_path / "meta.json.gz"),
+        "--name",
+        "Sci5",
+        "--output_root",
+        str(out),
+        "--kcore",
+        "5",
+    ]
     assert prepare.main(args) == 0
     rows = [(u, i) for u, i, _ in _rows(out / "Sci5" / "Sci5.inter")]
     assert rows
@@ -220,23 +332,54 @@ def test_amazon_raw_kcore(tmp_path, scientific):
     converted_text = dict(_rows(out / "Sci5" / "Sci5.text"))
     assert set(converted_text) == set(items_count) and all(converted_text.values())
     # texts with exactly title, categories and brand come back as the source wrote them
-    simple = [i for i in converted_text if texts[i].count(". ") == 2 and "  " not in texts[i]]
+    simple = [
+        i for i in converted_text if texts[i].count(". ") == 2 and "  " not in texts[i]
+    ]
     assert simple and all(converted_text[i] == texts[i] for i in simple)
 
 
 # --- errors and atomic writes ------------------------------------------------------------------------------------
 def test_missing_source_folder_is_one_line(tmp_path, capsys):
     missing = tmp_path / "nowhere"
-    assert prepare.main(["--only", "Scientific", "--source_root", str(missing), "--output_root", str(tmp_path)]) == 2
+    assert (
+        prepare.main(
+            [
+                "--only",
+                "Scientific",
+                "--source_root",
+                str(missing),
+                "--output_root",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert capsys.readouterr().err == f"prepare: source folder {missing} not found\n"
     assert not (tmp_path / "Scientific").exists()
 
 
 def test_bad_arguments_are_one_line(tmp_path, capsys):
     assert prepare.main(["--only", "Scientifc", "--output_root", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.startswith("prepare: unknown dataset 'Scientifc' (shipped: Scientific, Tools")
-    assert prepare.main(["--csv", str(tmp_path / "none.csv"), "--name", "X", "--output_root", str(tmp_path)]) == 2
-    assert capsys.readouterr().err == f"prepare: source file {tmp_path / 'none.csv'} not found\n"
+    assert capsys.readouterr().err.startswith(
+        "prepare: unknown dataset 'Scientifc' (shipped: Scientific, Tools"
+    )
+    assert (
+        prepare.main(
+            [
+                "--csv",
+                str(tmp_path / "none.csv"),
+                "--name",
+                "X",
+                "--output_root",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
+    assert (
+        capsys.readouterr().err
+        == f"prepare: source file {tmp_path / 'none.csv'} not found\n"
+    )
 
 
 def test_failed_write_leaves_nothing(tmp_path):

@@ -1,4 +1,5 @@
 """run_recbole_transfer.py end to end, and its one-line errors."""
+
 import os
 import subprocess
 import sys
@@ -11,7 +12,9 @@ import run_recbole_transfer
 
 
 def _args(tiny_root, tmp_path, **extra):
-    values = dict(FAST, data_path=str(tiny_root), checkpoint_dir=str(tmp_path / "saved"), **extra)
+    values = dict(
+        FAST, data_path=str(tiny_root), checkpoint_dir=str(tmp_path / "saved"), **extra
+    )
     return [f"--{key}={value}" for key, value in values.items()]
 
 
@@ -24,30 +27,56 @@ def test_stock_models_run_through_the_plugin_path(model, tiny_root, tmp_path):
         extra.update(embedding_size=16, block_num=1, dilations=[1, 2])
     if model == "GRU4Rec":
         extra.update(embedding_size=16)
-    config_dict = dict(FAST, data_path=str(tiny_root), checkpoint_dir=str(tmp_path / "saved"), **extra)
+    config_dict = dict(
+        FAST, data_path=str(tiny_root), checkpoint_dir=str(tmp_path / "saved"), **extra
+    )
     result = run_recbole_transfer(model, "Scientific", config_dict=config_dict)
-    assert set(result["test_result"]) == {"recall@10", "recall@50", "ndcg@10", "ndcg@50"}
+    assert set(result["test_result"]) == {
+        "recall@10",
+        "recall@50",
+        "ndcg@10",
+        "ndcg@50",
+    }
     assert os.path.isfile(result["checkpoint"])
 
 
 def test_cli_trains_prints_metrics_and_saves_checkpoint(tiny_root, tmp_path):
-    cmd = [sys.executable, str(REPO / "run_recbole_transfer.py"), "--model=SASRec", "--dataset=Scientific"]
+    cmd = [
+        sys.executable,
+        str(REPO / "run_recbole_transfer.py"),
+        "--model=SASRec",
+        "--dataset=Scientific",
+    ]
     cmd += _args(tiny_root, tmp_path, epochs=1, state="INFO")
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     output = proc.stdout + proc.stderr
     assert "best valid" in output and "test result" in output and "ndcg@10" in output
-    assert [f for f in os.listdir(tmp_path / "saved") if f.startswith("SASRec-") and f.endswith(".pth")]
+    assert [
+        f
+        for f in os.listdir(tmp_path / "saved")
+        if f.startswith("SASRec-") and f.endswith(".pth")
+    ]
     assert os.path.isdir(tmp_path / "log_tensorboard")
 
 
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        (["--model=SASRek", "--dataset=Scientific"], "error: unknown model 'SASRek'; close matches: SASRec"),
-        (["--model=SASRec", "--dataset=Scientifc"], "error: unknown dataset 'Scientifc': no "),
-        (["--model=SASRec", "--dataset=Scientific", "--epochs"],
-         "error: malformed command-line argument '--epochs': expected --key=value"),
+        (
+            ["--model=SASRek", "--dataset=Scientific"],
+            "error: unknown model 'SASRek'; close matches: SASRec",
+        ),
+        (
+            ["--model=SASRec", "--dataset=Scientifc"],
+            "error: unknown dataset 'Scientifc': no ",
+        ),
+        (
+            ["--model=SASRec", "--dataset=Scientific", "--epochs"],
+            "error: malformed command-line argument '--epochs': expected --key=value",
+        ),
     ],
 )
 def test_cli_bad_input_is_one_line(argv, expected, capsys):
@@ -81,17 +110,33 @@ def test_plugin_models_resolve_before_recbole(tiny_root, tmp_path, text_cache):
             seen["trainer"] = type(self).__name__
             return super()._train_epoch(*args, **kwargs)
 
-    registry.register("TextProbeSASRec", TextProbeSASRec, TextSequentialDataset, ProbeTrainer)
+    registry.register(
+        "TextProbeSASRec", TextProbeSASRec, TextSequentialDataset, ProbeTrainer
+    )
     try:
         assert registry.resolve_model_name("textprobesasrec") == "TextProbeSASRec"
-        config_dict = dict(FAST, data_path=str(tiny_root), checkpoint_dir=str(tmp_path / "saved"), epochs=1,
-                           text_cache_dir=text_cache)
+        config_dict = dict(
+            FAST,
+            data_path=str(tiny_root),
+            checkpoint_dir=str(tmp_path / "saved"),
+            epochs=1,
+            text_cache_dir=text_cache,
+        )
         # a plugin model ships its own yaml; this probe borrows SASRec's
-        sasrec_yaml = os.path.join(os.path.dirname(recbole.__file__), "properties", "model", "SASRec.yaml")
-        result = run_recbole_transfer("TextProbeSASRec", "Scientific", config_file_list=[sasrec_yaml],
-                                      config_dict=config_dict)
+        sasrec_yaml = os.path.join(
+            os.path.dirname(recbole.__file__), "properties", "model", "SASRec.yaml"
+        )
+        result = run_recbole_transfer(
+            "TextProbeSASRec",
+            "Scientific",
+            config_file_list=[sasrec_yaml],
+            config_dict=config_dict,
+        )
     finally:
         registry._PLUGIN_MODELS.pop("TextProbeSASRec")
     assert seen["plm_shape"] == (seen["item_num"], 384)
     assert seen["trainer"] == "ProbeTrainer"
-    assert torch.load(result["checkpoint"], weights_only=True)["config"]["model"] == "TextProbeSASRec"
+    assert (
+        torch.load(result["checkpoint"], weights_only=True)["config"]["model"]
+        == "TextProbeSASRec"
+    )

@@ -1,6 +1,8 @@
 """Item text -> PLM vectors: encoding, alignment, cache, word drop, and the one-line errors.
 
-Texts are the first 200 rows of the real Scientific item text (../shared/data/amazon2018_scientific_unisrec)."""
+Texts are the first 200 rows of the real Scientific item text (../shared/data/amazon2018_scientific_unisrec).
+"""
+
 import os
 import random
 import shutil
@@ -14,8 +16,13 @@ from recbole_transfer.data import text
 
 from conftest import FAST
 
-SCIENTIFIC_TEXT = (Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon2018_scientific_unisrec"
-                   / "Scientific.text")
+SCIENTIFIC_TEXT = (
+    Path(__file__).resolve().parents[1].parent
+    / "shared"
+    / "data"
+    / "amazon2018_scientific_unisrec"
+    / "Scientific.text"
+)
 N_ROWS = 200
 
 
@@ -55,8 +62,17 @@ def test_bucketed_batches_equal_one_by_one(plm, sample, pooling):
     tokenizer, model = plm
     texts = list(sample.values())
     texts = [texts[0], texts[57], "", texts[123], texts[199], "x", texts[88]]
-    fast = text.encode_texts(texts, tokenizer, model, pooling=pooling, token_budget=256, show_progress=False)
-    assert len(text.token_budget_batches([len(tokenizer(t)["input_ids"]) for t in texts], 256)) > 1
+    fast = text.encode_texts(
+        texts, tokenizer, model, pooling=pooling, token_budget=256, show_progress=False
+    )
+    assert (
+        len(
+            text.token_budget_batches(
+                [len(tokenizer(t)["input_ids"]) for t in texts], 256
+            )
+        )
+        > 1
+    )
     with torch.no_grad():
         for row, t in enumerate(texts):
             enc = tokenizer(t, return_tensors="pt", truncation=True, max_length=256)
@@ -76,45 +92,77 @@ def test_token_budget_batches_respect_budget():
 
 def test_max_length_clamped_to_the_encoder(plm):
     tokenizer, model = plm
-    assert text.max_positions(tokenizer, model) == 256  # MiniLM: sentence-transformers max_seq_length
+    assert (
+        text.max_positions(tokenizer, model) == 256
+    )  # MiniLM: sentence-transformers max_seq_length
     long_text = " ".join(["word"] * 600)
-    clamped = text.encode_texts([long_text], tokenizer, model, max_length=100_000, show_progress=False)
-    at_limit = text.encode_texts([long_text], tokenizer, model, max_length=256, show_progress=False)
+    clamped = text.encode_texts(
+        [long_text], tokenizer, model, max_length=100_000, show_progress=False
+    )
+    at_limit = text.encode_texts(
+        [long_text], tokenizer, model, max_length=256, show_progress=False
+    )
     assert torch.equal(clamped, at_limit)
 
 
 # --- the cached matrix ------------------------------------------------------------------------------------------
-def test_matrix_alignment_padding_and_cache(plm, sample, sample_vectors, tmp_path, monkeypatch):
+def test_matrix_alignment_padding_and_cache(
+    plm, sample, sample_vectors, tmp_path, monkeypatch
+):
     asins = list(sample)
     order = list(range(N_ROWS))
     random.Random(1).shuffle(order)
-    tokens = ["[PAD]"] + [asins[i] for i in order]  # RecBole's ids follow another order than the file
+    tokens = ["[PAD]"] + [
+        asins[i] for i in order
+    ]  # RecBole's ids follow another order than the file
     aligned = text.align_item_text(sample, tokens)
     assert aligned[0] == "" and aligned[1:] == [sample[t] for t in tokens[1:]]
 
-    matrix = text.item_text_matrix("Scientific", aligned, cache_dir=str(tmp_path), show_progress=False)
+    matrix = text.item_text_matrix(
+        "Scientific", aligned, cache_dir=str(tmp_path), show_progress=False
+    )
     assert matrix.shape == (N_ROWS + 1, 384) and matrix.dtype == torch.float32
     assert torch.count_nonzero(matrix[0]) == 0
     assert torch.allclose(matrix[1:], sample_vectors[order], atol=1e-5)
     files = [f for f in os.listdir(tmp_path)]
-    assert len(files) == 1 and files[0].startswith("Scientific-") and files[0].endswith(".pt")  # no temp left
+    assert (
+        len(files) == 1
+        and files[0].startswith("Scientific-")
+        and files[0].endswith(".pt")
+    )  # no temp left
 
     def no_plm(*args, **kwargs):
         raise AssertionError("the encoder must not be loaded on a cache hit")
 
     monkeypatch.setattr(text, "load_plm", no_plm)
-    again = text.item_text_matrix("Scientific", aligned, cache_dir=str(tmp_path), show_progress=False)
+    again = text.item_text_matrix(
+        "Scientific", aligned, cache_dir=str(tmp_path), show_progress=False
+    )
     assert torch.equal(again, matrix)
     # the other spelling of the default encoder and a max_length beyond the encoder's limit hit the same file
-    again = text.item_text_matrix("Scientific", aligned, plm_name="sentence-transformers/all-MiniLM-L6-v2",
-                                  max_length=256, cache_dir=str(tmp_path), show_progress=False)
+    again = text.item_text_matrix(
+        "Scientific",
+        aligned,
+        plm_name="sentence-transformers/all-MiniLM-L6-v2",
+        max_length=256,
+        cache_dir=str(tmp_path),
+        show_progress=False,
+    )
     assert torch.equal(again, matrix)
     # a changed text or setting is another key (and here would need the encoder)
     changed = aligned[:-1] + [aligned[-1] + " extra"]
     with pytest.raises(AssertionError, match="must not be loaded"):
-        text.item_text_matrix("Scientific", changed, cache_dir=str(tmp_path), show_progress=False)
+        text.item_text_matrix(
+            "Scientific", changed, cache_dir=str(tmp_path), show_progress=False
+        )
     with pytest.raises(AssertionError, match="must not be loaded"):
-        text.item_text_matrix("Scientific", aligned, pooling="mean", cache_dir=str(tmp_path), show_progress=False)
+        text.item_text_matrix(
+            "Scientific",
+            aligned,
+            pooling="mean",
+            cache_dir=str(tmp_path),
+            show_progress=False,
+        )
 
 
 def test_cache_key_covers_every_setting(sample):
@@ -123,31 +171,51 @@ def test_cache_key_covers_every_setting(sample):
     key = text.cache_key(*args)
     assert key == text.cache_key(*args)
     variants = [
-        ("Tools",), (None, aligned[:-1] + [aligned[-1] + "!"]), (None, None, "/some/other/encoder"),
-        (None, None, None, "mean"), (None, None, None, None, 64), (None, None, None, None, None, 0.2),
+        ("Tools",),
+        (None, aligned[:-1] + [aligned[-1] + "!"]),
+        (None, None, "/some/other/encoder"),
+        (None, None, None, "mean"),
+        (None, None, None, None, 64),
+        (None, None, None, None, None, 0.2),
     ]
     for variant in variants:
-        changed = [v if v is not None else a for v, a in zip(variant + (None,) * 7, args)]
+        changed = [
+            v if v is not None else a for v, a in zip(variant + (None,) * 7, args)
+        ]
         assert text.cache_key(*changed) != key, variant
     dropped = ("Scientific", aligned, text.DEFAULT_PLM, "cls", 128, 0.2)
     assert text.cache_key(*dropped, 1) != text.cache_key(*dropped, 2)
-    assert text.cache_key(*args[:-1], 7) == key  # the seed is irrelevant without word drop
+    assert (
+        text.cache_key(*args[:-1], 7) == key
+    )  # the seed is irrelevant without word drop
 
 
 def test_corrupt_cache_is_rebuilt(sample, tmp_path):
     aligned = [""] + list(sample.values())[:5]
-    first = text.item_text_matrix("Sci", aligned, cache_dir=str(tmp_path), show_progress=False)
+    first = text.item_text_matrix(
+        "Sci", aligned, cache_dir=str(tmp_path), show_progress=False
+    )
     (cache_file,) = tmp_path.iterdir()
     cache_file.write_bytes(b"interrupted write")
-    again = text.item_text_matrix("Sci", aligned, cache_dir=str(tmp_path), show_progress=False)
+    again = text.item_text_matrix(
+        "Sci", aligned, cache_dir=str(tmp_path), show_progress=False
+    )
     assert torch.allclose(again, first, atol=1e-6)
     assert torch.equal(torch.load(cache_file, weights_only=True), again)
 
 
 def test_word_drop_variant_differs_and_is_cached_separately(sample, tmp_path):
     aligned = [""] + list(sample.values())[:8]
-    plain = text.item_text_matrix("Sci", aligned, cache_dir=str(tmp_path), show_progress=False)
-    dropped = text.item_text_matrix("Sci", aligned, cache_dir=str(tmp_path), word_drop_ratio=0.5, show_progress=False)
+    plain = text.item_text_matrix(
+        "Sci", aligned, cache_dir=str(tmp_path), show_progress=False
+    )
+    dropped = text.item_text_matrix(
+        "Sci",
+        aligned,
+        cache_dir=str(tmp_path),
+        word_drop_ratio=0.5,
+        show_progress=False,
+    )
     assert plain.shape == dropped.shape and not torch.allclose(plain[1:], dropped[1:])
     assert torch.count_nonzero(dropped[0]) == 0
     assert len(list(tmp_path.iterdir())) == 2
@@ -160,7 +228,9 @@ def test_word_drop():
     assert first != text.word_drop(sentence, 0.3, random.Random(8))
     assert 620 < len(first.split()) < 780
     kept = first.split()
-    assert kept == [w for w in sentence.split() if w in set(kept)]  # order kept, nothing invented
+    assert kept == [
+        w for w in sentence.split() if w in set(kept)
+    ]  # order kept, nothing invented
     numpy_drop = text.word_drop(sentence, 0.3, np.random.default_rng(7))
     assert numpy_drop == text.word_drop(sentence, 0.3, np.random.default_rng(7))
     assert 620 < len(numpy_drop.split()) < 780
@@ -182,17 +252,31 @@ def test_missing_text_file():
     path = "dataset/X/X.text"  # the tests run in an empty temporary directory
     with pytest.raises(text.ItemTextError) as err:
         text.read_item_text(path)
-    assert str(err.value) == ("item text file dataset/X/X.text not found: this model needs item text; "
-                              "run python -m recbole_transfer.data.prepare or add the file")
+    assert str(err.value) == (
+        "item text file dataset/X/X.text not found: this model needs item text; "
+        "run python -m recbole_transfer.data.prepare or add the file"
+    )
 
 
 @pytest.mark.parametrize(
     "content, message",
     [
-        ("item\ttext\nA\tx\n", ": header must be 'item_id:token\ttext:token_seq', got 'item\ttext'"),
-        ("item_id:token\ttext:token_seq\nA\tx\nB\tx\ty\n", ":3: expected 2 tab-separated columns, got 3"),
-        ("item_id:token\ttext:token_seq\nA\tx\nB\n", ":3: expected 2 tab-separated columns, got 1"),
-        ("item_id:token\ttext:token_seq\nA\tx\nC\tz\nA\ty\n", ":4: item A appears twice"),
+        (
+            "item\ttext\nA\tx\n",
+            ": header must be 'item_id:token\ttext:token_seq', got 'item\ttext'",
+        ),
+        (
+            "item_id:token\ttext:token_seq\nA\tx\nB\tx\ty\n",
+            ":3: expected 2 tab-separated columns, got 3",
+        ),
+        (
+            "item_id:token\ttext:token_seq\nA\tx\nB\n",
+            ":3: expected 2 tab-separated columns, got 1",
+        ),
+        (
+            "item_id:token\ttext:token_seq\nA\tx\nC\tz\nA\ty\n",
+            ":4: item A appears twice",
+        ),
     ],
 )
 def test_malformed_text_file(tmp_path, content, message):
@@ -205,14 +289,25 @@ def test_malformed_text_file(tmp_path, content, message):
 
 def test_alignment_errors():
     with pytest.raises(text.ItemTextError) as err:
-        text.align_item_text({"A": "a"}, ["[PAD]", "A", "B", "C", "D", "E"], source="X.text")
-    assert str(err.value) == "4 items of the dataset have no text in X.text, e.g. B, C, D"
+        text.align_item_text(
+            {"A": "a"}, ["[PAD]", "A", "B", "C", "D", "E"], source="X.text"
+        )
+    assert (
+        str(err.value) == "4 items of the dataset have no text in X.text, e.g. B, C, D"
+    )
     with pytest.raises(text.ItemTextError) as err:
         text.align_item_text({"A": "a", "Z": "z"}, ["[PAD]", "A"], source="X.text")
-    assert str(err.value) == "1 rows of X.text name items that are not in the dataset, e.g. Z"
+    assert (
+        str(err.value)
+        == "1 rows of X.text name items that are not in the dataset, e.g. Z"
+    )
     # accepted when the dataset was filtered: all extra rows, or those of items known before filtering
-    assert text.align_item_text({"A": "a", "Z": "z"}, ["[PAD]", "A"], allow_extra=True) == ["", "a"]
-    assert text.align_item_text({"A": "a", "Z": "z"}, ["[PAD]", "A"], known_tokens={"A", "Z"}) == ["", "a"]
+    assert text.align_item_text(
+        {"A": "a", "Z": "z"}, ["[PAD]", "A"], allow_extra=True
+    ) == ["", "a"]
+    assert text.align_item_text(
+        {"A": "a", "Z": "z"}, ["[PAD]", "A"], known_tokens={"A", "Z"}
+    ) == ["", "a"]
 
 
 def test_unknown_pooling(plm, tmp_path):
@@ -225,13 +320,17 @@ def test_unknown_pooling(plm, tmp_path):
 
 def test_unloadable_plm(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    expected = ("cannot load plm_name=/nonexistent/model offline: download it once elsewhere and pass "
-                "plm_name=/path/to/local/folder (a transformers save_pretrained folder)")
+    expected = (
+        "cannot load plm_name=/nonexistent/model offline: download it once elsewhere and pass "
+        "plm_name=/path/to/local/folder (a transformers save_pretrained folder)"
+    )
     with pytest.raises(text.ItemTextError) as err:
         text.load_plm("/nonexistent/model")
     assert str(err.value) == expected
     with pytest.raises(text.ItemTextError) as err:
-        text.item_text_matrix("Sci", ["", "a"], plm_name="/nonexistent/model", cache_dir=str(tmp_path))
+        text.item_text_matrix(
+            "Sci", ["", "a"], plm_name="/nonexistent/model", cache_dir=str(tmp_path)
+        )
     assert str(err.value) == expected
 
 
@@ -249,19 +348,30 @@ def test_resolve_plm(tmp_path):
 def _text_config(root, cache_dir):
     from recbole_transfer.config import Config
 
-    return Config("SASRec", "Scientific", config_dict=dict(FAST, data_path=str(root), text_cache_dir=cache_dir))
+    return Config(
+        "SASRec",
+        "Scientific",
+        config_dict=dict(FAST, data_path=str(root), text_cache_dir=cache_dir),
+    )
 
 
 def test_dataset_matrix_aligned_with_item_ids(tiny_root, text_cache, plm):
     from recbole_transfer.data.dataset import TextSequentialDataset
 
-    dataset = TextSequentialDataset(_text_config(tiny_root, text_cache))  # cache shared with other test files
+    dataset = TextSequentialDataset(
+        _text_config(tiny_root, text_cache)
+    )  # cache shared with other test files
     tokens = dataset.field2id_token["item_id"]
-    assert dataset.plm_embedding.shape == (dataset.item_num, 384) and len(tokens) == dataset.item_num
+    assert (
+        dataset.plm_embedding.shape == (dataset.item_num, 384)
+        and len(tokens) == dataset.item_num
+    )
     assert torch.count_nonzero(dataset.plm_embedding[0]) == 0
     item_text = text.read_item_text(str(tiny_root / "Scientific" / "Scientific.text"))
     picks = [1, len(tokens) // 2, len(tokens) - 1]
-    expected = text.encode_texts([item_text[tokens[i]] for i in picks], *plm, show_progress=False)
+    expected = text.encode_texts(
+        [item_text[tokens[i]] for i in picks], *plm, show_progress=False
+    )
     assert torch.allclose(dataset.plm_embedding[picks], expected, atol=1e-5)
 
 
@@ -272,8 +382,10 @@ def test_dataset_rejects_text_row_for_unknown_item(tiny_root, tmp_path):
     shutil.copytree(tiny_root / "Scientific", root / "Scientific")
     with open(root / "Scientific" / "Scientific.text", "a", encoding="utf-8") as f:
         f.write("B0NOTANITEM\tsome text\n")
-    with pytest.raises(text.ItemTextError,
-                       match=r"^1 rows of Scientific.text name items that are not in the dataset, e.g. B0NOTANITEM$"):
+    with pytest.raises(
+        text.ItemTextError,
+        match=r"^1 rows of Scientific.text name items that are not in the dataset, e.g. B0NOTANITEM$",
+    ):
         TextSequentialDataset(_text_config(root, str(tmp_path / "cache")))
 
 
@@ -286,6 +398,8 @@ def test_dataset_rejects_item_without_text(tiny_root, tmp_path):
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     path.write_text("".join(lines[:-1]), encoding="utf-8")
     dropped = lines[-1].split("\t")[0]
-    with pytest.raises(text.ItemTextError,
-                       match=rf"^1 items of the dataset have no text in Scientific.text, e.g. {dropped}$"):
+    with pytest.raises(
+        text.ItemTextError,
+        match=rf"^1 items of the dataset have no text in Scientific.text, e.g. {dropped}$",
+    ):
         TextSequentialDataset(_text_config(root, str(tmp_path / "cache")))

@@ -1,4 +1,5 @@
 """X-Cross and PromptLoRA: prompts, popularity negatives, the integrator, frozen sources, RecBole evaluation."""
+
 import math
 import sys
 
@@ -11,8 +12,16 @@ from conftest import FAST, cut_users
 from recbole_transfer.data import text
 from recbole_transfer.model.xcross import XCrossError, popularity_negatives
 
-SMALL = dict(FAST, xc_max_length=64, xc_history_items=5, xc_negatives=4, train_batch_size=4, lora_r=4,
-             eval_batch_size=150, epochs=1)
+SMALL = dict(
+    FAST,
+    xc_max_length=64,
+    xc_history_items=5,
+    xc_negatives=4,
+    train_batch_size=4,
+    lora_r=4,
+    eval_batch_size=150,
+    epochs=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +34,16 @@ def data_root(tmp_path_factory):
 def _build(model, data_root, tmp_path, **extra):
     from recbole_transfer.quick_start import build
 
-    return build(model, "Tools", config_dict=dict(SMALL, data_path=str(data_root),
-                                                   checkpoint_dir=str(tmp_path / "saved"), **extra))
+    return build(
+        model,
+        "Tools",
+        config_dict=dict(
+            SMALL,
+            data_path=str(data_root),
+            checkpoint_dir=str(tmp_path / "saved"),
+            **extra,
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +51,9 @@ def sources(data_root, tmp_path_factory):
     """Two PromptLoRA folders with non-trivial adapters and heads (random, seeded)."""
     folder = tmp_path_factory.mktemp("sources")
     paths = []
-    with pytest.MonkeyPatch.context() as patch:  # module scope: set up before the per-test argv/cwd fixture
+    with (
+        pytest.MonkeyPatch.context() as patch
+    ):  # module scope: set up before the per-test argv/cwd fixture
         patch.setattr(sys, "argv", ["run_recbole_transfer.py"])
         patch.chdir(folder)
         for seed in (1, 2):
@@ -64,13 +83,18 @@ def test_popularity_negatives_never_include_the_positive(data_root, tmp_path):
     _, model, _, (train, _, _) = _build("PromptLoRA", data_root, tmp_path)
     counts = model.item_counts
     positives = next(iter(train))["item_id"].repeat(50)
-    negatives = popularity_negatives(positives, counts, 20, torch.Generator().manual_seed(0))
+    negatives = popularity_negatives(
+        positives, counts, 20, torch.Generator().manual_seed(0)
+    )
     assert negatives.shape == (len(positives), 20)
     assert not bool((negatives == positives.unsqueeze(1)).any())
     assert not bool((negatives == 0).any()) and bool((counts[negatives] > 0).all())
     assert all(len(set(row)) == 20 for row in negatives.tolist())
     drawn = torch.bincount(negatives.flatten(), minlength=len(counts)).float()
-    popular, rare = counts.argmax(), (counts == counts[counts > 0].min()).nonzero().flatten()
+    popular, rare = (
+        counts.argmax(),
+        (counts == counts[counts > 0].min()).nonzero().flatten(),
+    )
     assert drawn[popular] > drawn[rare].mean()
 
 
@@ -81,34 +105,65 @@ def test_prompt_history_is_the_users_items_before_the_target(data_root, tmp_path
     frame = pd.read_csv(data_root / "Tools" / "Tools.inter", sep="\t", dtype=str)
     frame.columns = [c.split(":")[0] for c in frame.columns]
     frame["timestamp"] = frame["timestamp"].astype(float)
-    sequences = {u: list(g.sort_values("timestamp", kind="stable")["item_id"]) for u, g in frame.groupby("user_id")}
+    sequences = {
+        u: list(g.sort_values("timestamp", kind="stable")["item_id"])
+        for u, g in frame.groupby("user_id")
+    }
     dataset = train._dataset
-    user_tokens, item_tokens = dataset.field2id_token["user_id"], dataset.field2id_token["item_id"]
+    user_tokens, item_tokens = (
+        dataset.field2id_token["user_id"],
+        dataset.field2id_token["item_id"],
+    )
     checked = 0
     for batch in train:
-        for user, seq, length, target in zip(batch["user_id"].tolist(), batch["item_id_list"].tolist(),
-                                             batch["item_length"].tolist(), batch["item_id"].tolist()):
+        for user, seq, length, target in zip(
+            batch["user_id"].tolist(),
+            batch["item_id_list"].tolist(),
+            batch["item_length"].tolist(),
+            batch["item_id"].tolist(),
+        ):
             full = sequences[user_tokens[user]]
-            position = length  # the target is the (length+1)-th item of the user's sequence
+            position = (
+                length  # the target is the (length+1)-th item of the user's sequence
+            )
             assert full[position] == item_tokens[target]
             shown = [item_tokens[i] for i in model.prompt_history(seq, length)]
-            assert shown == full[max(0, position - 5):position]
+            assert shown == full[max(0, position - 5) : position]
             checked += 1
     assert checked == len(dataset.inter_feat)
 
 
-def test_xcross_without_integration_reproduces_the_chosen_source(data_root, tmp_path, sources):
-    _, source, _, (train, _, _) = _build("PromptLoRA", data_root, tmp_path, init_adapter=sources[1])
-    _, xcross, _, _ = _build("XCross", data_root, tmp_path, xcross_sources=sources, xcross_alpha=0.0,
-                             xcross_beta=0.0, xcross_head_source=1)
+def test_xcross_without_integration_reproduces_the_chosen_source(
+    data_root, tmp_path, sources
+):
+    _, source, _, (train, _, _) = _build(
+        "PromptLoRA", data_root, tmp_path, init_adapter=sources[1]
+    )
+    _, xcross, _, _ = _build(
+        "XCross",
+        data_root,
+        tmp_path,
+        xcross_sources=sources,
+        xcross_alpha=0.0,
+        xcross_beta=0.0,
+        xcross_head_source=1,
+    )
     with torch.no_grad():
         xcross.source_weights.copy_(torch.tensor([0.0, 1.0]))
-        for integrator in xcross.integrators:  # any integrator weights: alpha = beta = 0 ignores them
+        for (
+            integrator
+        ) in (
+            xcross.integrators
+        ):  # any integrator weights: alpha = beta = 0 ignores them
             integrator.weight.normal_()
     source.eval(), xcross.eval()
     batch = next(iter(train))
-    candidates = torch.stack([batch["item_id"], batch["item_id"] % (source.n_items - 1) + 1], dim=1)
-    tokens = source.prompt_tokens(batch["item_id_list"], batch["item_length"], candidates)
+    candidates = torch.stack(
+        [batch["item_id"], batch["item_id"] % (source.n_items - 1) + 1], dim=1
+    )
+    tokens = source.prompt_tokens(
+        batch["item_id_list"], batch["item_length"], candidates
+    )
     with torch.no_grad():
         expected, got = source.score_prompts(tokens), xcross.score_prompts(tokens)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
@@ -117,16 +172,35 @@ def test_xcross_without_integration_reproduces_the_chosen_source(data_root, tmp_
         assert not torch.allclose(xcross.score_prompts(tokens), expected, atol=1e-3)
 
 
-def test_xcross_trains_only_its_integration_and_leaves_the_sources_bit_identical(data_root, tmp_path, sources):
-    _, model, trainer, (train, _, _) = _build("XCross", data_root, tmp_path, xcross_sources=sources,
-                                              xcross_layers=2, learning_rate=1e-2)
+def test_xcross_trains_only_its_integration_and_leaves_the_sources_bit_identical(
+    data_root, tmp_path, sources
+):
+    _, model, trainer, (train, _, _) = _build(
+        "XCross",
+        data_root,
+        tmp_path,
+        xcross_sources=sources,
+        xcross_layers=2,
+        learning_rate=1e-2,
+    )
     n, d = 2, model.language_model.config.hidden_size
     for integrator in model.integrators:
         assert integrator.weight.numel() == 2 * n * (n - 1) * n * d
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {"integrators.0.weight", "integrators.1.weight", "source_weights", "head.pooler.weight",
-                         "head.pooler.bias", "head.scorer.weight", "head.scorer.bias"}
-    frozen = {name: p.detach().clone() for name, p in model.named_parameters() if not p.requires_grad}
+    assert trainable == {
+        "integrators.0.weight",
+        "integrators.1.weight",
+        "source_weights",
+        "head.pooler.weight",
+        "head.pooler.bias",
+        "head.scorer.weight",
+        "head.scorer.bias",
+    }
+    frozen = {
+        name: p.detach().clone()
+        for name, p in model.named_parameters()
+        if not p.requires_grad
+    }
     assert any("lora_A.source1" in name for name in frozen)
     before = model.integrators[0].weight.detach().clone()
     for batch, _ in zip(train, range(3)):
@@ -141,86 +215,165 @@ def test_xcross_trains_only_its_integration_and_leaves_the_sources_bit_identical
 def test_prompt_lora_export_round_trip_and_pop29_evaluation(data_root, tmp_path):
     from recbole_transfer.quick_start import run_recbole_transfer
 
-    result = run_recbole_transfer("PromptLoRA", "Tools", config_dict=dict(
-        SMALL, data_path=str(data_root), checkpoint_dir=str(tmp_path / "saved")))
-    assert set(result["test_result"]) == {"hit@1", "hit@3", "hit@10", "mrr@1", "mrr@3", "mrr@10"}
-    assert result["test_result"]["hit@10"] >= result["test_result"]["hit@3"] >= result["test_result"]["hit@1"]
-    exported = tmp_path / "saved" / "PromptLoRA-Tools"  # the best-validation adapter, ready for XCross
-    assert (exported / "adapter_model.safetensors").is_file() and (exported / "prompt_head.pt").is_file()
+    result = run_recbole_transfer(
+        "PromptLoRA",
+        "Tools",
+        config_dict=dict(
+            SMALL, data_path=str(data_root), checkpoint_dir=str(tmp_path / "saved")
+        ),
+    )
+    assert set(result["test_result"]) == {
+        "hit@1",
+        "hit@3",
+        "hit@10",
+        "mrr@1",
+        "mrr@3",
+        "mrr@10",
+    }
+    assert (
+        result["test_result"]["hit@10"]
+        >= result["test_result"]["hit@3"]
+        >= result["test_result"]["hit@1"]
+    )
+    exported = (
+        tmp_path / "saved" / "PromptLoRA-Tools"
+    )  # the best-validation adapter, ready for XCross
+    assert (exported / "adapter_model.safetensors").is_file() and (
+        exported / "prompt_head.pt"
+    ).is_file()
 
     _, model, _, (train, _, _) = _build("PromptLoRA", data_root, tmp_path)
     folder = model.export(str(tmp_path / "exported"))
-    _, loaded, _, _ = _build("PromptLoRA", data_root, tmp_path, init_adapter=folder, xc_train_part="head")
+    _, loaded, _, _ = _build(
+        "PromptLoRA", data_root, tmp_path, init_adapter=folder, xc_train_part="head"
+    )
     model.eval(), loaded.eval()
     batch = next(iter(train))
-    tokens = model.prompt_tokens(batch["item_id_list"], batch["item_length"], batch["item_id"].unsqueeze(1))
+    tokens = model.prompt_tokens(
+        batch["item_id_list"], batch["item_length"], batch["item_id"].unsqueeze(1)
+    )
     with torch.no_grad():
-        torch.testing.assert_close(loaded.score_prompts(tokens), model.score_prompts(tokens), rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            loaded.score_prompts(tokens), model.score_prompts(tokens), rtol=0, atol=1e-6
+        )
     assert {n for n, p in loaded.named_parameters() if p.requires_grad} == {
-        "head.pooler.weight", "head.pooler.bias", "head.scorer.weight", "head.scorer.bias"}
+        "head.pooler.weight",
+        "head.pooler.bias",
+        "head.scorer.weight",
+        "head.scorer.bias",
+    }
 
 
 def test_zero_shot_evaluation_of_a_source_adapter(data_root, tmp_path, sources):
     from recbole_transfer.quick_start import run_recbole_transfer
 
-    result = run_recbole_transfer("PromptLoRA", "Tools", config_dict=dict(
-        SMALL, data_path=str(data_root), checkpoint_dir=str(tmp_path / "saved"), epochs=0, init_adapter=sources[0]))
+    result = run_recbole_transfer(
+        "PromptLoRA",
+        "Tools",
+        config_dict=dict(
+            SMALL,
+            data_path=str(data_root),
+            checkpoint_dir=str(tmp_path / "saved"),
+            epochs=0,
+            init_adapter=sources[0],
+        ),
+    )
     assert result["checkpoint"] is None and 0 <= result["test_result"]["mrr@10"] <= 1
 
 
 def test_training_set_size_control(data_root, tmp_path):
     def rows(**extra):
-        _, _, _, (train, valid, _) = _build("PromptLoRA", data_root, tmp_path, max_train_examples=10, **extra)
+        _, _, _, (train, valid, _) = _build(
+            "PromptLoRA", data_root, tmp_path, max_train_examples=10, **extra
+        )
         return train._dataset.inter_feat, len(valid._dataset.inter_feat)
 
     first, n_valid = rows(train_subset_seed=1)
     again, _ = rows(train_subset_seed=1)
     other, n_valid_other = rows(train_subset_seed=2)
-    assert len(first) == 10 and torch.equal(first["item_id_list"], again["item_id_list"])
+    assert len(first) == 10 and torch.equal(
+        first["item_id_list"], again["item_id_list"]
+    )
     assert not torch.equal(first["item_id_list"], other["item_id_list"])
-    assert n_valid == n_valid_other == 20  # one validation row per user, whatever the subset
+    assert (
+        n_valid == n_valid_other == 20
+    )  # one validation row per user, whatever the subset
 
 
 def test_evaluation_user_subset(data_root, tmp_path):
     def splits(**extra):
-        _, _, _, (train, valid, test) = _build("PromptLoRA", data_root, tmp_path, **extra)
+        _, _, _, (train, valid, test) = _build(
+            "PromptLoRA", data_root, tmp_path, **extra
+        )
         return [part._dataset.inter_feat["user_id"] for part in (train, valid, test)]
 
     train, valid, test = splits(max_eval_users=5)
     full_train, full_valid, _ = splits()
-    assert len(valid) == len(test) == 5 and torch.equal(valid.sort().values, test.sort().values)
-    assert len(full_valid) == 20 and torch.equal(train, full_train)  # training is untouched
-    assert torch.equal(splits(max_eval_users=5)[1], valid)  # seeded: the same users every run
+    assert len(valid) == len(test) == 5 and torch.equal(
+        valid.sort().values, test.sort().values
+    )
+    assert len(full_valid) == 20 and torch.equal(
+        train, full_train
+    )  # training is untouched
+    assert torch.equal(
+        splits(max_eval_users=5)[1], valid
+    )  # seeded: the same users every run
 
 
 def test_mean_pooling_ignores_padding(data_root, tmp_path):
-    _, model, _, (train, _, _) = _build("PromptLoRA", data_root, tmp_path, xc_pooling="mean")
+    _, model, _, (train, _, _) = _build(
+        "PromptLoRA", data_root, tmp_path, xc_pooling="mean"
+    )
     model.eval()
     batch = next(iter(train))
-    tokens = model.prompt_tokens(batch["item_id_list"][:1], batch["item_length"][:1], batch["item_id"][:1, None])
+    tokens = model.prompt_tokens(
+        batch["item_id_list"][:1], batch["item_length"][:1], batch["item_id"][:1, None]
+    )
     input_ids, attention_mask = text.pad_batch(tokens, model.item_tokens.pad_id)
-    padded_ids, padded_mask = text.pad_batch(tokens + [tokens[0] + tokens[0]], model.item_tokens.pad_id)
+    padded_ids, padded_mask = text.pad_batch(
+        tokens + [tokens[0] + tokens[0]], model.item_tokens.pad_id
+    )
     assert padded_ids.shape[1] > input_ids.shape[1]  # the second prompt pads the first
     with torch.no_grad():
         alone = model.score(input_ids, attention_mask)
         padded = model.score(padded_ids, padded_mask)[:1]
-        cls = model.head(model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0])
+        cls = model.head(
+            model.encoder(
+                input_ids=input_ids, attention_mask=attention_mask
+            ).last_hidden_state[:, 0]
+        )
     torch.testing.assert_close(padded, alone, rtol=0, atol=1e-5)
-    assert not torch.allclose(alone, cls, atol=1e-4)  # mean pooling is not the [CLS] state
+    assert not torch.allclose(
+        alone, cls, atol=1e-4
+    )  # mean pooling is not the [CLS] state
 
 
 def test_saved_head_refuses_another_pooling(data_root, tmp_path, sources):
     with pytest.raises(XCrossError) as error:
-        _build("PromptLoRA", data_root, tmp_path, init_adapter=sources[0], xc_pooling="mean")
-    assert str(error.value) == f"{sources[0]} was trained with xc_pooling=cls; got xc_pooling=mean"
-    with pytest.raises(XCrossError, match="xc_pooling must be one of cls, mean; got 'max'"):
+        _build(
+            "PromptLoRA",
+            data_root,
+            tmp_path,
+            init_adapter=sources[0],
+            xc_pooling="mean",
+        )
+    assert (
+        str(error.value)
+        == f"{sources[0]} was trained with xc_pooling=cls; got xc_pooling=mean"
+    )
+    with pytest.raises(
+        XCrossError, match="xc_pooling must be one of cls, mean; got 'max'"
+    ):
         _build("PromptLoRA", data_root, tmp_path, xc_pooling="max")
 
 
 def test_prompt_lora_fits_a_fixed_batch(data_root, tmp_path):
     """The multiple-choice loss on one batch with fixed candidates falls well below chance (ln of the choices)
-    within a few optimizer steps: the adapter and head can learn, whatever the scale of a full run."""
-    _, model, trainer, (train, _, _) = _build("PromptLoRA", data_root, tmp_path, learning_rate=2e-3, seed=3)
+    within a few optimizer steps: the adapter and head can learn, whatever the scale of a full run.
+    """
+    _, model, trainer, (train, _, _) = _build(
+        "PromptLoRA", data_root, tmp_path, learning_rate=2e-3, seed=3
+    )
     batch = next(iter(train))
     losses = []
     for _ in range(12):

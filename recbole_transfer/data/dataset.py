@@ -8,6 +8,7 @@ Several datasets given as ``--dataset=A,B,C`` are merged in memory into one data
 (0 for padding) and each domain's item texts are encoded (and cached) on their own, so a merge reuses the vectors
 of single-domain runs.
 """
+
 import os
 
 import numpy as np
@@ -27,7 +28,9 @@ from recbole_transfer.data import text
 
 def _rank_zero_first(fn):
     """Run ``fn`` on rank 0 first, then on the other ranks (which then read rank 0's cache), under DDP."""
-    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    distributed = (
+        dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    )
     if distributed and dist.get_rank() != 0:
         dist.barrier()
     result = fn()
@@ -39,7 +42,8 @@ def _rank_zero_first(fn):
 class TextSequentialDataset(SequentialDataset):
     """``self.plm_embedding``: float tensor [item_num, plm_size] aligned with ``field2id_token[item_id]``
     (row 0, the padding item, is all zeros) from the encoder ``text_encoder()`` names; None when it names none.
-    ``self.item_texts``: the aligned texts (None when neither vectors nor ``reads_item_text`` need them)."""
+    ``self.item_texts``: the aligned texts (None when neither vectors nor ``reads_item_text`` need them).
+    """
 
     reads_item_text = False  # True: load the texts even when no vectors are needed
 
@@ -48,9 +52,13 @@ class TextSequentialDataset(SequentialDataset):
         super().__init__(config)
         self.item_domain = self._item_domains()
         encoder = self.text_encoder()
-        self.item_texts = self._load_item_texts() if encoder or self.reads_item_text else None
+        self.item_texts = (
+            self._load_item_texts() if encoder or self.reads_item_text else None
+        )
         self.plm_embedding = self.encode_item_texts() if encoder else None
-        self.plm_size = None if self.plm_embedding is None else self.plm_embedding.shape[1]
+        self.plm_size = (
+            None if self.plm_embedding is None else self.plm_embedding.shape[1]
+        )
 
     def text_encoder(self):
         """The encoder whose item vectors this dataset carries (a name or folder), or None for no vectors."""
@@ -87,18 +95,31 @@ class TextSequentialDataset(SequentialDataset):
     def _item_domains(self):
         tokens = self.field2id_token[self.iid_field]
         if not self.is_merged:
-            return torch.cat([torch.zeros(1, dtype=torch.long), torch.ones(len(tokens) - 1, dtype=torch.long)])
+            return torch.cat(
+                [
+                    torch.zeros(1, dtype=torch.long),
+                    torch.ones(len(tokens) - 1, dtype=torch.long),
+                ]
+            )
         index = {domain: i + 1 for i, domain in enumerate(self.domains)}
-        return torch.tensor([0] + [index[str(t).split("-", 1)[0]] for t in tokens[1:]], dtype=torch.long)
+        return torch.tensor(
+            [0] + [index[str(t).split("-", 1)[0]] for t in tokens[1:]], dtype=torch.long
+        )
 
     def _text_file(self, domain):
-        return os.path.join(self._domain_path(domain), f"{domain}.{self.config['text_side_file']}")
+        return os.path.join(
+            self._domain_path(domain), f"{domain}.{self.config['text_side_file']}"
+        )
 
     def _load_item_texts(self):
         item_text = {}
         for domain in self.domains:
             texts = text.read_item_text(self._text_file(domain))
-            item_text.update({f"{domain}-{t}": v for t, v in texts.items()} if self.is_merged else texts)
+            item_text.update(
+                {f"{domain}-{t}": v for t, v in texts.items()}
+                if self.is_merged
+                else texts
+            )
         sources = ", ".join(os.path.basename(self._text_file(d)) for d in self.domains)
         return text.align_item_text(
             item_text,
@@ -115,19 +136,25 @@ class TextSequentialDataset(SequentialDataset):
         for domain_index, domain in enumerate(self.domains, start=1):
             rows = (self.item_domain == domain_index).nonzero().flatten()
             texts = [""] + [self.item_texts[i] for i in rows.tolist()]
-            vectors = _rank_zero_first(lambda: text.item_text_matrix(
-                domain,
-                texts,
-                plm_name=self.text_encoder(),
-                pooling=config["plm_pooling"],
-                max_length=self.text_max_length(),
-                cache_dir=config["text_cache_dir"],
-                device=config["device"] if config["plm_device"] is None else config["plm_device"],
-                word_drop_ratio=word_drop_ratio,
-                seed=config["seed"] if seed is None else seed,
-                logger=self.logger,
-                show_progress=config["show_progress"],
-            ))
+            vectors = _rank_zero_first(
+                lambda: text.item_text_matrix(
+                    domain,
+                    texts,
+                    plm_name=self.text_encoder(),
+                    pooling=config["plm_pooling"],
+                    max_length=self.text_max_length(),
+                    cache_dir=config["text_cache_dir"],
+                    device=(
+                        config["device"]
+                        if config["plm_device"] is None
+                        else config["plm_device"]
+                    ),
+                    word_drop_ratio=word_drop_ratio,
+                    seed=config["seed"] if seed is None else seed,
+                    logger=self.logger,
+                    show_progress=config["show_progress"],
+                )
+            )
             if matrix is None:
                 matrix = torch.zeros(len(self.item_texts), vectors.shape[1])
             matrix[rows] = vectors[1:].to(torch.float32)
@@ -144,7 +171,8 @@ class ItemTextDataset(TextSequentialDataset):
     ``max_train_examples`` > 0 keeps a random subset of that many training examples (seeded by
     ``train_subset_seed``, else ``seed``): training-set-size studies. ``max_eval_users`` > 0 evaluates a seeded
     random subset of that many users (the same users in validation and test; seeded by ``seed``): a language
-    model scores every (user, candidate) prompt, so full evaluation of a large target is slow without a GPU."""
+    model scores every (user, candidate) prompt, so full evaluation of a large target is slow without a GPU.
+    """
 
     reads_item_text = True
 
@@ -162,16 +190,30 @@ class ItemTextDataset(TextSequentialDataset):
         limit = self.config["max_train_examples"]
         if limit and len(rows) > int(limit):
             seed = self.config["train_subset_seed"]
-            rows = _seeded_subset(rows, int(limit), self.config["seed"] if seed is None else int(seed))
+            rows = _seeded_subset(
+                rows, int(limit), self.config["seed"] if seed is None else int(seed)
+            )
         if len(rows) < len(train.inter_feat):
             datasets[0] = train.copy(train.inter_feat[torch.from_numpy(rows)])
         eval_users = self.config["max_eval_users"]
         if eval_users:
-            users = np.unique(np.concatenate([part.inter_feat[self.uid_field].numpy() for part in datasets[1:]]))
+            users = np.unique(
+                np.concatenate(
+                    [part.inter_feat[self.uid_field].numpy() for part in datasets[1:]]
+                )
+            )
             if len(users) > int(eval_users):
-                kept = torch.from_numpy(_seeded_subset(users, int(eval_users), self.config["seed"]))
-                datasets[1:] = [part.copy(part.inter_feat[torch.isin(part.inter_feat[self.uid_field], kept)])
-                                for part in datasets[1:]]
+                kept = torch.from_numpy(
+                    _seeded_subset(users, int(eval_users), self.config["seed"])
+                )
+                datasets[1:] = [
+                    part.copy(
+                        part.inter_feat[
+                            torch.isin(part.inter_feat[self.uid_field], kept)
+                        ]
+                    )
+                    for part in datasets[1:]
+                ]
         return datasets
 
 
@@ -188,9 +230,13 @@ class BehaviorTuningDataset(ItemTextDataset):
         users = train.inter_feat[self.uid_field].numpy()
         order = np.argsort(users, kind="stable")  # rows of one user stay in time order
         sorted_users = users[order]
-        last = np.r_[sorted_users[1:] != sorted_users[:-1], True]  # a user's last row in the sorted order
+        last = np.r_[
+            sorted_users[1:] != sorted_users[:-1], True
+        ]  # a user's last row in the sorted order
         # rows from the end of the user's group: 0 for the last, 1 for the one before, ...
-        end_index = np.minimum.accumulate(np.where(last, np.arange(len(order)), len(order))[::-1])[::-1]
+        end_index = np.minimum.accumulate(
+            np.where(last, np.arange(len(order)), len(order))[::-1]
+        )[::-1]
         from_end = end_index - np.arange(len(order))
         return np.sort(order[from_end < int(keep)])
 
@@ -207,7 +253,9 @@ class PLMInitDataset(TextSequentialDataset):
         """A behavior-tuned encoder encodes items as long as it saw them in tuning."""
         from recbole_transfer.model.plm_init import encoder_item_max_length
 
-        return encoder_item_max_length(self.text_encoder(), self.config["plm_max_length"])
+        return encoder_item_max_length(
+            self.text_encoder(), self.config["plm_max_length"]
+        )
 
 
 SourceDomain = namedtuple("SourceDomain", ["name", "interaction", "n_items"])
@@ -216,24 +264,34 @@ SourceDomain = namedtuple("SourceDomain", ["name", "interaction", "n_items"])
 class MetaRecDataset(SequentialDataset):
     """The target dataset (RecBole's splits, evaluation and loaders as usual) plus ``self.sources``: one
     ``SourceDomain`` per ``source_datasets`` entry, read with the target's settings, holding every prefix of every
-    user's sequence (item_id_list, item_length, item_id; a source is training data only) and its own item ids."""
+    user's sequence (item_id_list, item_length, item_id; a source is training data only) and its own item ids.
+    """
 
     def __init__(self, config):
         super().__init__(config)
         names = [str(n) for n in (config["source_datasets"] or [])]
         if config["dataset"] in names:
-            raise UserInputError(f"source_datasets must not include the target dataset '{config['dataset']}'")
+            raise UserInputError(
+                f"source_datasets must not include the target dataset '{config['dataset']}'"
+            )
         self.sources = [self._load_source(name) for name in names]
 
     def _load_source(self, name):
         source = SequentialDataset(config_for_dataset(self.config, name))
-        fields = [self.config["ITEM_ID_FIELD"] + self.config["LIST_SUFFIX"], self.config["ITEM_LIST_LENGTH_FIELD"],
-                  self.config["ITEM_ID_FIELD"]]
+        fields = [
+            self.config["ITEM_ID_FIELD"] + self.config["LIST_SUFFIX"],
+            self.config["ITEM_LIST_LENGTH_FIELD"],
+            self.config["ITEM_ID_FIELD"],
+        ]
         # build() makes the prefixes; its train/valid/test split is undone, all of a source is for training
         parts = [part.inter_feat for part in source.build()]
-        interaction = Interaction({field: torch.cat([part[field] for part in parts]) for field in fields})
-        self.logger.info(set_color("source", "green") + f" {name}: {len(interaction)} sequences, "
-                         f"{source.item_num - 1} items")
+        interaction = Interaction(
+            {field: torch.cat([part[field] for part in parts]) for field in fields}
+        )
+        self.logger.info(
+            set_color("source", "green") + f" {name}: {len(interaction)} sequences, "
+            f"{source.item_num - 1} items"
+        )
         return SourceDomain(name, interaction, source.item_num)
 
 
@@ -243,7 +301,9 @@ def read_atomic(path, columns):
     frame.columns = [c.split(":", 1)[0] for c in frame.columns]
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise UserInputError(f"{path} has no column {missing[0]}; it has {', '.join(frame.columns)}")
+        raise UserInputError(
+            f"{path} has no column {missing[0]}; it has {', '.join(frame.columns)}"
+        )
     return frame[list(columns)]
 
 
@@ -261,9 +321,13 @@ class TargetTaskDataset(Dataset):
 
     def __init__(self, config):
         if config["target_task"] not in self.TASKS:
-            raise UserInputError(f"target_task must be one of {', '.join(self.TASKS)}; got '{config['target_task']}'")
+            raise UserInputError(
+                f"target_task must be one of {', '.join(self.TASKS)}; got '{config['target_task']}'"
+            )
         if not config["source_dataset"]:
-            raise UserInputError("fine-tuning needs source_dataset (the dataset whose sequences are the input)")
+            raise UserInputError(
+                "fine-tuning needs source_dataset (the dataset whose sequences are the input)"
+            )
         super().__init__(config)
         self.source_histories = self._read_source_histories()
 
@@ -271,26 +335,40 @@ class TargetTaskDataset(Dataset):
         super()._load_data(token, dataset_path)
         if self.config["target_task"] == "profile":
             field = self.config["label_field"]
-            users = read_atomic(os.path.join(dataset_path, f"{token}.user"), [self.uid_field, field])
+            users = read_atomic(
+                os.path.join(dataset_path, f"{token}.user"), [self.uid_field, field]
+            )
             labels = users[field]
             if self.config["age_bins"]:
                 labels = age_brackets(labels, self.config["age_bins"])
-            self.inter_feat = pd.DataFrame({self.uid_field: users[self.uid_field], self.iid_field: labels})
+            self.inter_feat = pd.DataFrame(
+                {self.uid_field: users[self.uid_field], self.iid_field: labels}
+            )
             self.user_feat = None
 
     def _read_source_histories(self):
         source = self.config["source_dataset"]
         folder = dataset_folder(source, self.config["data_root"])
         time_field = self.config["TIME_FIELD"]
-        frame = read_atomic(os.path.join(folder, f"{source}.inter"), [self.uid_field, self.iid_field, time_field])
+        frame = read_atomic(
+            os.path.join(folder, f"{source}.inter"),
+            [self.uid_field, self.iid_field, time_field],
+        )
         frame = frame.assign(_time=frame[time_field].astype(float))
         frame = frame.sort_values([self.uid_field, "_time"], kind="stable")
-        return {user: list(items) for user, items in frame.groupby(self.uid_field, sort=False)[self.iid_field]}
+        return {
+            user: list(items)
+            for user, items in frame.groupby(self.uid_field, sort=False)[self.iid_field]
+        }
 
 
 def age_brackets(values, bins):
     """Ages -> bracket labels: bins [18, 25] give '<18', '18-24', '25+'."""
     bins = [int(b) for b in bins]
-    names = [f"<{bins[0]}"] + [f"{lo}-{hi - 1}" for lo, hi in zip(bins, bins[1:])] + [f"{bins[-1]}+"]
+    names = (
+        [f"<{bins[0]}"]
+        + [f"{lo}-{hi - 1}" for lo, hi in zip(bins, bins[1:])]
+        + [f"{bins[-1]}+"]
+    )
     index = np.searchsorted(np.array(bins), values.astype(int).to_numpy(), side="right")
     return pd.Series([names[i] for i in index], index=values.index)

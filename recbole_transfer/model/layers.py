@@ -10,6 +10,7 @@ bottleneck; ``delta`` is the branch without the shortcut, for parallel insertion
 ``LRULayer`` (with ``lru_parallel_scan``): the linear recurrent unit of LRURec. ``VectorQuantizer``: MetaRec's
 multi-head cosine vector quantization onto another table.
 """
+
 import math
 
 import torch
@@ -40,7 +41,9 @@ class MoEAdaptor(nn.Module):
         super().__init__()
         self.n_exps = n_exps
         self.noisy_gating = noisy_gating
-        self.experts = nn.ModuleList([PWLayer(input_size, output_size, dropout) for _ in range(n_exps)])
+        self.experts = nn.ModuleList(
+            [PWLayer(input_size, output_size, dropout) for _ in range(n_exps)]
+        )
         self.w_gate = nn.Parameter(torch.zeros(input_size, n_exps))
         self.w_noise = nn.Parameter(torch.zeros(input_size, n_exps))
 
@@ -53,7 +56,9 @@ class MoEAdaptor(nn.Module):
 
     def forward(self, x):
         gates = self.gates(x)  # [..., G]
-        expert_outputs = torch.stack([expert(x) for expert in self.experts], dim=-2)  # [..., G, d]
+        expert_outputs = torch.stack(
+            [expert(x) for expert in self.experts], dim=-2
+        )  # [..., G, d]
         return (gates.unsqueeze(-1) * expert_outputs).sum(dim=-2)
 
 
@@ -76,7 +81,8 @@ class ModelPatch(nn.Module):
     """x + up(relu(down(x))) over the channel axis (a 1x1 convolution is a linear map per position).
 
     ``up`` starts near zero, so a freshly inserted patch is close to the identity (serial insertion) or adds close
-    to nothing (parallel insertion) and fine-tuning starts from the pretrained function."""
+    to nothing (parallel insertion) and fine-tuning starts from the pretrained function.
+    """
 
     def __init__(self, channels, ratio=8, init_std=1e-3):
         super().__init__()
@@ -104,7 +110,9 @@ def lru_parallel_scan(u_real, u_imag, magnitude, phase):
     shift = 1
     while shift < length:
         scale = magnitude.pow(shift)
-        a_real, a_imag = scale * torch.cos(phase * shift), scale * torch.sin(phase * shift)  # lambda^shift
+        a_real, a_imag = scale * torch.cos(phase * shift), scale * torch.sin(
+            phase * shift
+        )  # lambda^shift
         prev_real = F.pad(h_real[:, :-shift], (0, 0, shift, 0))
         prev_imag = F.pad(h_imag[:, :-shift], (0, 0, shift, 0))
         h_real, h_imag = (
@@ -123,10 +131,12 @@ class LRULayer(nn.Module):
 
     def __init__(self, hidden_size, r_min=0.8, r_max=0.99, max_phase=2 * math.pi):
         super().__init__()
-        self.in_proj = nn.Linear(hidden_size, 2 * hidden_size)  # real and imaginary parts of B x
+        self.in_proj = nn.Linear(
+            hidden_size, 2 * hidden_size
+        )  # real and imaginary parts of B x
         self.out_proj = nn.Linear(2 * hidden_size, hidden_size)  # C over [Re h; Im h]
         u1, u2 = torch.rand(hidden_size), torch.rand(hidden_size)
-        nu_log = torch.log(-0.5 * torch.log(u1 * (r_max ** 2 - r_min ** 2) + r_min ** 2))
+        nu_log = torch.log(-0.5 * torch.log(u1 * (r_max**2 - r_min**2) + r_min**2))
         theta_log = torch.log(max_phase * u2)
         gamma_log = torch.log(torch.sqrt(1 - torch.exp(-torch.exp(nu_log)) ** 2))
         self.params_log = nn.Parameter(torch.stack([nu_log, theta_log, gamma_log]))
@@ -176,19 +186,28 @@ class VectorQuantizer(nn.Module):
             for chunk in z_e.split(self.chunk_size):
                 query = F.normalize(chunk.reshape(chunk.shape[0], heads, -1), dim=-1)
                 codes.append(torch.einsum("nhd,khd->nhk", query, book).argmax(dim=-1))
-            return torch.cat(codes) if codes else torch.zeros(0, heads, dtype=torch.long, device=z_e.device)
+            return (
+                torch.cat(codes)
+                if codes
+                else torch.zeros(0, heads, dtype=torch.long, device=z_e.device)
+            )
 
     def forward(self, z_e, codebook):
         """(z_q with straight-through gradient, quantized with the codebook gradient, codes [N, H])."""
         if z_e.shape[-1] % self.heads:
-            raise ValueError(f"hidden size {z_e.shape[-1]} is not divisible by {self.heads} VQ heads")
+            raise ValueError(
+                f"hidden size {z_e.shape[-1]} is not divisible by {self.heads} VQ heads"
+            )
         codes = self.codes(z_e, codebook)
         book = codebook.reshape(codebook.shape[0], self.heads, -1)
-        quantized = book[codes, torch.arange(self.heads, device=codes.device)].reshape(z_e.shape)
+        quantized = book[codes, torch.arange(self.heads, device=codes.device)].reshape(
+            z_e.shape
+        )
         return _StraightThrough.apply(z_e, quantized.detach()), quantized, codes
 
     @staticmethod
     def loss(z_e, quantized):
         """L_vq = ||z_q - sg[z_e]||^2 + ||sg[z_q] - z_e||^2 (mean over rows and dimensions): the first term pulls
-        the chosen codewords to the items, the second keeps the items near their codewords."""
+        the chosen codewords to the items, the second keeps the items near their codewords.
+        """
         return F.mse_loss(quantized, z_e.detach()) + F.mse_loss(quantized.detach(), z_e)

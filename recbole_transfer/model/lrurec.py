@@ -9,6 +9,7 @@ depth log2 L) -> dropout -> residual -> LayerNorm -> FFN d -> 4d -> d (GELU) -> 
 The hidden state at the newest item scores every item through the tied item table (+ a per-item bias).
 The recurrence is causal, so RecBole's right-padded histories need no mask: padding comes after the newest item.
 """
+
 import torch
 import torch.nn as nn
 from recbole.model.abstract_recommender import SequentialRecommender
@@ -22,7 +23,10 @@ class LRUBlock(nn.Module):
         self.lru = LRULayer(hidden_size, r_min, r_max, max_phase)
         self.lru_norm = nn.LayerNorm(hidden_size, eps=eps)
         self.ffn = nn.Sequential(
-            nn.Linear(hidden_size, 4 * hidden_size), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * hidden_size, hidden_size)
+            nn.Linear(hidden_size, 4 * hidden_size),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(4 * hidden_size, hidden_size),
         )
         self.ffn_norm = nn.LayerNorm(hidden_size, eps=eps)
         self.dropout = nn.Dropout(dropout)
@@ -42,15 +46,25 @@ class LRURec(SequentialRecommender):
         self.dropout_prob = config["dropout_prob"]
         self.initializer_range = config["initializer_range"]
         if config["loss_type"] != "CE":
-            raise ValueError(f"LRURec trains with loss_type CE only; got '{config['loss_type']}'")
+            raise ValueError(
+                f"LRURec trains with loss_type CE only; got '{config['loss_type']}'"
+            )
 
         # define layers and loss
-        self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
+        self.item_embedding = nn.Embedding(
+            self.n_items, self.hidden_size, padding_idx=0
+        )
         self.output_bias = nn.Parameter(torch.zeros(self.n_items))
         self.embedding_norm = nn.LayerNorm(self.hidden_size, eps=1e-12)
         self.embedding_dropout = nn.Dropout(self.dropout_prob)
         self.blocks = nn.ModuleList(
-            LRUBlock(self.hidden_size, self.dropout_prob, config["lru_r_min"], config["lru_r_max"], config["lru_max_phase"])
+            LRUBlock(
+                self.hidden_size,
+                self.dropout_prob,
+                config["lru_r_min"],
+                config["lru_r_max"],
+                config["lru_max_phase"],
+            )
             for _ in range(self.n_layers)
         )
         self.loss_fct = nn.CrossEntropyLoss()
@@ -60,8 +74,12 @@ class LRURec(SequentialRecommender):
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.trunc_normal_(module.weight, std=self.initializer_range, a=-2 * self.initializer_range,
-                                  b=2 * self.initializer_range)
+            nn.init.trunc_normal_(
+                module.weight,
+                std=self.initializer_range,
+                a=-2 * self.initializer_range,
+                b=2 * self.initializer_range,
+            )
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
             if isinstance(module, nn.Embedding) and module.padding_idx is not None:
@@ -84,15 +102,23 @@ class LRURec(SequentialRecommender):
         return seq_output @ table.t() + bias
 
     def calculate_loss(self, interaction):
-        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        seq_output = self.forward(
+            interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        )
         logits = self.scores(seq_output, self.item_embedding.weight, self.output_bias)
         return self.loss_fct(logits, interaction[self.POS_ITEM_ID])
 
     def predict(self, interaction):
-        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        seq_output = self.forward(
+            interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        )
         items = interaction[self.ITEM_ID]
-        return (seq_output * self.item_embedding(items)).sum(-1) + self.output_bias[items]
+        return (seq_output * self.item_embedding(items)).sum(-1) + self.output_bias[
+            items
+        ]
 
     def full_sort_predict(self, interaction):
-        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        seq_output = self.forward(
+            interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        )
         return self.scores(seq_output, self.item_embedding.weight, self.output_bias)

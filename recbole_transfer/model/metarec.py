@@ -14,6 +14,7 @@ identity), so the target path is plain LRURec and serving costs the same. Loss p
 The bi-level updates live in ``trainer.meta.MetaTrainer``; data in ``data.dataset.MetaRecDataset``.
 ``vq_heads``: 0 = no VQ (ablation), 1 = single-head VQ (ablation), H = H heads.
 """
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -21,7 +22,9 @@ import torch.nn.functional as F
 from recbole_transfer.model.layers import VectorQuantizer
 from recbole_transfer.model.lrurec import LRURec
 
-TARGET_DOMAIN = 0  # domain index of the target; sources are 1..M in source_datasets order
+TARGET_DOMAIN = (
+    0  # domain index of the target; sources are 1..M in source_datasets order
+)
 
 
 class MetaRec(LRURec):
@@ -35,13 +38,18 @@ class MetaRec(LRURec):
         sources = getattr(dataset, "sources", [])
         self.source_names = [source.name for source in sources]
         if self.vq_heads and self.hidden_size % self.vq_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by vq_heads {self.vq_heads}")
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by vq_heads {self.vq_heads}"
+            )
 
         # define layers (one item table and output bias per source; the body is shared)
         self.source_item_embedding = nn.ModuleList(
-            nn.Embedding(source.n_items, self.hidden_size, padding_idx=0) for source in sources
+            nn.Embedding(source.n_items, self.hidden_size, padding_idx=0)
+            for source in sources
         )
-        self.source_output_bias = nn.ParameterList(nn.Parameter(torch.zeros(source.n_items)) for source in sources)
+        self.source_output_bias = nn.ParameterList(
+            nn.Parameter(torch.zeros(source.n_items)) for source in sources
+        )
         self.quantizer = VectorQuantizer(self.vq_heads) if self.vq_heads else None
 
         # parameters initialization
@@ -50,7 +58,10 @@ class MetaRec(LRURec):
 
     def source_parameter_names(self, domain):
         """Names of the parameters only source ``domain`` (1-based) uses."""
-        return [f"source_item_embedding.{domain - 1}.weight", f"source_output_bias.{domain - 1}"]
+        return [
+            f"source_item_embedding.{domain - 1}.weight",
+            f"source_output_bias.{domain - 1}",
+        ]
 
     def is_source_parameter(self, name):
         return name.startswith("source_")
@@ -65,7 +76,9 @@ class MetaRec(LRURec):
         z_q, quantized, _ = self.quantizer(z_e[1:], self.item_embedding.weight[1:])
         used = torch.unique(torch.cat([item_seq.flatten(), pos_items]))
         used = used[used > 0] - 1
-        return torch.cat([z_e[:1], z_q]), self.quantizer.loss(z_e[1:][used], quantized[used])
+        return torch.cat([z_e[:1], z_q]), self.quantizer.loss(
+            z_e[1:][used], quantized[used]
+        )
 
     def domain_loss(self, interaction, domain=TARGET_DOMAIN):
         """CE (+ L_vq for a source) of a batch of ``domain`` (0 = target, 1..M = ``source_datasets``)."""
@@ -73,6 +86,8 @@ class MetaRec(LRURec):
             return self.calculate_loss(interaction)
         item_seq, pos_items = interaction[self.ITEM_SEQ], interaction[self.POS_ITEM_ID]
         table, vq_loss = self.source_table(domain, item_seq, pos_items)
-        seq_output = self.encode(F.embedding(item_seq, table), interaction[self.ITEM_SEQ_LEN])
+        seq_output = self.encode(
+            F.embedding(item_seq, table), interaction[self.ITEM_SEQ_LEN]
+        )
         logits = self.scores(seq_output, table, self.source_output_bias[domain - 1])
         return self.loss_fct(logits, pos_items) + vq_loss

@@ -21,6 +21,7 @@ ranking); profile targets train with cross-entropy (accuracy and macro-F1 from `
 ``finetune_mode``: peterrec (patches + LayerNorms + head), fine_all, fine_cls (head only), fine_last (last block +
 head), peter_zero (peterrec from random weights).
 """
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -59,17 +60,30 @@ class ResidualBlock(nn.Module):
     parallel patch, the block would add its input to the convolution output and no longer compute the pretrained
     function when the patch starts near zero."""
 
-    def __init__(self, channels, kernel_size, dilation, causal, insertion="none", patch_ratio=8, eps=1e-8):
+    def __init__(
+        self,
+        channels,
+        kernel_size,
+        dilation,
+        causal,
+        insertion="none",
+        patch_ratio=8,
+        eps=1e-8,
+    ):
         super().__init__()
         if insertion not in INSERTIONS:
-            raise UserInputError(f"patch_insertion must be one of {', '.join(INSERTIONS)}; got '{insertion}'")
+            raise UserInputError(
+                f"patch_insertion must be one of {', '.join(INSERTIONS)}; got '{insertion}'"
+            )
         self.insertion = insertion
         self.conv1 = DilatedConv(channels, kernel_size, dilation, causal)
         self.conv2 = DilatedConv(channels, kernel_size, 2 * dilation, causal)
         self.ln1 = nn.LayerNorm(channels, eps=eps)
         self.ln2 = nn.LayerNorm(channels, eps=eps)
         n_patches = {"none": 0, "serial_c": 1}.get(insertion, 2)
-        self.patches = nn.ModuleList(ModelPatch(channels, patch_ratio) for _ in range(n_patches))
+        self.patches = nn.ModuleList(
+            ModelPatch(channels, patch_ratio) for _ in range(n_patches)
+        )
 
     def forward(self, x):
         mode = self.insertion
@@ -93,8 +107,12 @@ class ResidualBlock(nn.Module):
 def right_align(item_seq, item_seq_len):
     """RecBole's left-aligned histories [i1 .. in 0 .. 0] -> right-aligned [0 .. 0 i1 .. in]."""
     length = item_seq.shape[1]
-    index = torch.arange(length, device=item_seq.device).unsqueeze(0) - (length - item_seq_len).unsqueeze(1)
-    return torch.where(index >= 0, item_seq.gather(1, index.clamp(min=0)), torch.zeros_like(item_seq))
+    index = torch.arange(length, device=item_seq.device).unsqueeze(0) - (
+        length - item_seq_len
+    ).unsqueeze(1)
+    return torch.where(
+        index >= 0, item_seq.gather(1, index.clamp(min=0)), torch.zeros_like(item_seq)
+    )
 
 
 class PeterRec(SequentialRecommender):
@@ -116,7 +134,9 @@ class PeterRec(SequentialRecommender):
         # load parameters info
         self.train_stage = config["train_stage"]
         if self.train_stage not in self.STAGES:
-            raise UserInputError(f"train_stage must be one of {', '.join(self.STAGES)}; got '{self.train_stage}'")
+            raise UserInputError(
+                f"train_stage must be one of {', '.join(self.STAGES)}; got '{self.train_stage}'"
+            )
         self.hidden_size = config["hidden_size"]
         self.causal = bool(config["causal"])
         self.mask_ratio = config["mask_ratio"]
@@ -124,44 +144,74 @@ class PeterRec(SequentialRecommender):
         self.config = config
         insertion = config["patch_insertion"]
         if insertion not in INSERTIONS:
-            raise UserInputError(f"patch_insertion must be one of {', '.join(INSERTIONS)}; got '{insertion}'")
+            raise UserInputError(
+                f"patch_insertion must be one of {', '.join(INSERTIONS)}; got '{insertion}'"
+            )
         if self.train_stage == "finetune":
             self.mode = config["finetune_mode"]
             if self.mode not in self.MODES:
-                raise UserInputError(f"finetune_mode must be one of {', '.join(self.MODES)}; got '{self.mode}'")
+                raise UserInputError(
+                    f"finetune_mode must be one of {', '.join(self.MODES)}; got '{self.mode}'"
+                )
             if self.mode not in ("peterrec", "peter_zero"):
                 insertion = "none"  # the fine-tuning baselines have no patches
-            checkpoint = self._pretrained_checkpoint() if self.mode != "peter_zero" else None
+            checkpoint = (
+                self._pretrained_checkpoint() if self.mode != "peter_zero" else None
+            )
             # the source vocabulary: the pretraining run's item tokens, or (from scratch) the source's own
             self.source_item_tokens = (
-                checkpoint["other_parameter"]["source_item_tokens"] if checkpoint else
-                ["[PAD]"] + sorted({t for items in dataset.source_histories.values() for t in items})
+                checkpoint["other_parameter"]["source_item_tokens"]
+                if checkpoint
+                else ["[PAD]"]
+                + sorted(
+                    {t for items in dataset.source_histories.values() for t in items}
+                )
             )
         else:
             insertion = "none"  # patches belong to fine-tuning
-            self.source_item_tokens = [str(t) for t in dataset.field2id_token[self.ITEM_ID]]
+            self.source_item_tokens = [
+                str(t) for t in dataset.field2id_token[self.ITEM_ID]
+            ]
         self.other_parameter_name = ["source_item_tokens"]  # saved with the checkpoint
         n_source_items = len(self.source_item_tokens)
         self.mask_token = n_source_items  # non-causal only: one row after the items
 
         # define layers
-        self.item_embedding = nn.Embedding(n_source_items + (0 if self.causal else 1), self.hidden_size,
-                                           padding_idx=0)
+        self.item_embedding = nn.Embedding(
+            n_source_items + (0 if self.causal else 1), self.hidden_size, padding_idx=0
+        )
         self.blocks = nn.ModuleList(
-            ResidualBlock(self.hidden_size, config["kernel_size"], dilation, self.causal,
-                          insertion=insertion, patch_ratio=config["patch_ratio"])
+            ResidualBlock(
+                self.hidden_size,
+                config["kernel_size"],
+                dilation,
+                self.causal,
+                insertion=insertion,
+                patch_ratio=config["patch_ratio"],
+            )
             for dilation in config["dilations"]
         )
         if self.train_stage == "pretrain":
-            self.output = nn.Linear(self.hidden_size, n_source_items)  # the pretraining softmax layer
+            self.output = nn.Linear(
+                self.hidden_size, n_source_items
+            )  # the pretraining softmax layer
         else:
             self.n_users = dataset.num(self.USER_ID)
-            self.tcl_embedding = nn.Parameter(torch.zeros(self.hidden_size))  # the [TCL] token
-            self.output = nn.Linear(self.hidden_size, self.n_items)  # the task head: one score per label
-            self.register_buffer("user_sequences", self._user_sequences(dataset), persistent=False)
+            self.tcl_embedding = nn.Parameter(
+                torch.zeros(self.hidden_size)
+            )  # the [TCL] token
+            self.output = nn.Linear(
+                self.hidden_size, self.n_items
+            )  # the task head: one score per label
+            self.register_buffer(
+                "user_sequences", self._user_sequences(dataset), persistent=False
+            )
             # LabelCS, the majority label of the training rows (profiles' baseline)
-            self.majority_label = int(torch.bincount(dataset.inter_feat[self.ITEM_ID], minlength=self.n_items)
-                                      .argmax())
+            self.majority_label = int(
+                torch.bincount(
+                    dataset.inter_feat[self.ITEM_ID], minlength=self.n_items
+                ).argmax()
+            )
 
         # init weights
         self.apply(self._init_weights)
@@ -173,7 +223,9 @@ class PeterRec(SequentialRecommender):
 
     def _init_weights(self, module):
         # the patches' linear layers keep their own near-identity start
-        if isinstance(module, (nn.Embedding, nn.Conv1d)) or module is getattr(self, "output", None):
+        if isinstance(module, (nn.Embedding, nn.Conv1d)) or module is getattr(
+            self, "output", None
+        ):
             module.weight.data.normal_(0.0, self.initializer_range)
             if getattr(module, "bias", None) is not None:
                 module.bias.data.zero_()
@@ -185,26 +237,41 @@ class PeterRec(SequentialRecommender):
     def _pretrained_checkpoint(self):
         value = self.config["pretrained_path"]
         if is_unset(value):
-            raise UserInputError(f"finetune_mode={self.mode} needs pretrained_path (a PeterRec pretraining checkpoint)")
+            raise UserInputError(
+                f"finetune_mode={self.mode} needs pretrained_path (a PeterRec pretraining checkpoint)"
+            )
         path = find_path(value)
         if path is None:
             raise UserInputError(f"pretrained_path '{value}' not found")
         checkpoint = compat.load_checkpoint(path)
         saved = checkpoint.get("config", {}) if isinstance(checkpoint, dict) else {}
         if saved.get("model") != "PeterRec" or saved.get("train_stage") != "pretrain":
-            raise UserInputError(f"pretrained_path '{path}' is not a PeterRec pretraining checkpoint")
-        differing = [f"{k}={saved.get(k)} there, {self.config[k]} here"
-                     for k in ("causal", "hidden_size", "kernel_size", "dilations") if saved.get(k) != self.config[k]]
+            raise UserInputError(
+                f"pretrained_path '{path}' is not a PeterRec pretraining checkpoint"
+            )
+        differing = [
+            f"{k}={saved.get(k)} there, {self.config[k]} here"
+            for k in ("causal", "hidden_size", "kernel_size", "dilations")
+            if saved.get(k) != self.config[k]
+        ]
         if differing:
-            raise UserInputError(f"pretrained_path '{path}' does not fit this model: {'; '.join(differing)}")
+            raise UserInputError(
+                f"pretrained_path '{path}' does not fit this model: {'; '.join(differing)}"
+            )
         return checkpoint
 
     def _load_backbone(self, checkpoint):
-        state = {k: v for k, v in checkpoint["state_dict"].items() if k.split(".")[0] in self.BACKBONE}
+        state = {
+            k: v
+            for k, v in checkpoint["state_dict"].items()
+            if k.split(".")[0] in self.BACKBONE
+        }
         missing, unexpected = self.load_state_dict(state, strict=False)
         assert not unexpected, unexpected
         # everything of the backbone but the new patches came from the checkpoint
-        assert all(k.split(".")[0] not in self.BACKBONE or ".patches." in k for k in missing), missing
+        assert all(
+            k.split(".")[0] not in self.BACKBONE or ".patches." in k for k in missing
+        ), missing
 
     def _set_trainable(self):
         """peterrec / peter_zero: patches, LayerNorms, [TCL] and head; fine_all: everything; fine_cls: [TCL] and
@@ -218,7 +285,11 @@ class PeterRec(SequentialRecommender):
             elif self.mode == "fine_last":
                 trainable = name.startswith(("output.", "tcl_embedding", last_block))
             else:
-                trainable = name.startswith(("output.", "tcl_embedding")) or ".patches." in name or ".ln" in name
+                trainable = (
+                    name.startswith(("output.", "tcl_embedding"))
+                    or ".patches." in name
+                    or ".ln" in name
+                )
             param.requires_grad_(trainable)
 
     def _user_sequences(self, dataset):
@@ -226,12 +297,18 @@ class PeterRec(SequentialRecommender):
         in the source vocabulary; rows follow this dataset's user ids."""
         index = {token: i for i, token in enumerate(self.source_item_tokens)}
         width = self.max_seq_length
-        keep = width - 1 if self.causal else width - 2  # room for one [TCL] (causal) or two (non-causal)
+        keep = (
+            width - 1 if self.causal else width - 2
+        )  # room for one [TCL] (causal) or two (non-causal)
         sequences = torch.zeros(self.n_users, width, dtype=torch.long)
         for user_id, token in enumerate(dataset.field2id_token[self.USER_ID]):
-            items = [index.get(t, 0) for t in dataset.source_histories.get(str(token), [])][-keep:]
+            items = [
+                index.get(t, 0) for t in dataset.source_histories.get(str(token), [])
+            ][-keep:]
             if items:
-                sequences[user_id, width - 1 - len(items): width - 1] = torch.tensor(items)
+                sequences[user_id, width - 1 - len(items) : width - 1] = torch.tensor(
+                    items
+                )
         return sequences
 
     # --- representations ----------------------------------------------------------------------------------------
@@ -240,7 +317,9 @@ class PeterRec(SequentialRecommender):
         embedding instead."""
         h = self.item_embedding(item_seq)
         if tcl_positions is not None:
-            h = torch.where(tcl_positions.unsqueeze(-1), self.tcl_embedding.expand_as(h), h)
+            h = torch.where(
+                tcl_positions.unsqueeze(-1), self.tcl_embedding.expand_as(h), h
+            )
         for block in self.blocks:
             h = block(h)
         return h
@@ -253,8 +332,12 @@ class PeterRec(SequentialRecommender):
         tcl[:, -1] = True
         if self.causal:
             return self.encode(seq, tcl)[:, -1]
-        first = (seq[:, :-1] > 0).float().argmax(1) - 1  # the column before the oldest item
-        first = torch.where((seq[:, :-1] > 0).any(1), first, torch.full_like(first, seq.shape[1] - 2))
+        first = (seq[:, :-1] > 0).float().argmax(
+            1
+        ) - 1  # the column before the oldest item
+        first = torch.where(
+            (seq[:, :-1] > 0).any(1), first, torch.full_like(first, seq.shape[1] - 2)
+        )
         rows = torch.arange(len(seq), device=seq.device)
         tcl[rows, first] = True
         h = self.encode(seq, tcl)
@@ -266,7 +349,11 @@ class PeterRec(SequentialRecommender):
         seq = right_align(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         if self.causal:
             return seq
-        last = torch.full_like(seq[:, :1], self.mask_token) if last is None else last.unsqueeze(1)
+        last = (
+            torch.full_like(seq[:, :1], self.mask_token)
+            if last is None
+            else last.unsqueeze(1)
+        )
         return torch.cat([seq[:, 1:], last], dim=1)
 
     # --- losses and scores --------------------------------------------------------------------------------------
@@ -275,7 +362,9 @@ class PeterRec(SequentialRecommender):
             return self._task_loss(interaction)
         target = interaction[self.POS_ITEM_ID]
         if self.causal:
-            return F.cross_entropy(self.output(self.encode(self._inputs(interaction))[:, -1]), target)
+            return F.cross_entropy(
+                self.output(self.encode(self._inputs(interaction))[:, -1]), target
+            )
         seq = self._inputs(interaction, last=target)
         real = seq > 0
         masked = (torch.rand(seq.shape, device=seq.device) < self.mask_ratio) & real
@@ -288,9 +377,13 @@ class PeterRec(SequentialRecommender):
         scores = self.output(self.user_representation(interaction[self.USER_ID]))
         label = interaction[self.ITEM_ID]
         if self.config["target_task"] == "profile":
-            return F.cross_entropy(scores[:, 1:], label - 1)  # column 0 is RecBole's padding label
+            return F.cross_entropy(
+                scores[:, 1:], label - 1
+            )  # column 0 is RecBole's padding label
         negative = torch.randint(1, self.n_items - 1, label.shape, device=label.device)
-        negative = negative + (negative >= label).long()  # uniform over the other labels
+        negative = (
+            negative + (negative >= label).long()
+        )  # uniform over the other labels
         rows = torch.arange(len(label), device=label.device)
         return -F.logsigmoid(scores[rows, label] - scores[rows, negative]).mean()
 
@@ -302,7 +395,11 @@ class PeterRec(SequentialRecommender):
         return self.output(self.encode(self._inputs(interaction))[:, -1])
 
     def predict(self, interaction):
-        return self._scores(interaction).gather(1, interaction[self.ITEM_ID].unsqueeze(1)).squeeze(1)
+        return (
+            self._scores(interaction)
+            .gather(1, interaction[self.ITEM_ID].unsqueeze(1))
+            .squeeze(1)
+        )
 
     def full_sort_predict(self, interaction):
         return self._scores(interaction)

@@ -15,6 +15,7 @@ vectors of the encoder ``init_type`` picks (none | plm = vanilla, the paper's LF
 ``embedding_mode`` freeze | trainable | further_all | further_emb (the last two start from a freeze-mode checkpoint).
 No encoder weights live in the model: serving costs what stock SASRec / BERT4Rec cost.
 """
+
 import json
 import os
 import time
@@ -45,33 +46,46 @@ def read_tuning_info(folder, key="init_plm_path"):
     """The ``behavior_tuning.json`` of a tuned-encoder folder; a one-line error when it is not one."""
     found = find_path(folder, folder=True)
     if found is None:
-        raise PLMInitError(f"{key} '{folder}' not found (a folder written by --model=BehaviorTuning)")
+        raise PLMInitError(
+            f"{key} '{folder}' not found (a folder written by --model=BehaviorTuning)"
+        )
     try:
         with open(os.path.join(found, TUNING_INFO), encoding="utf-8") as f:
             info = json.load(f)
     except (OSError, ValueError):
-        raise PLMInitError(f"{key} '{folder}' is not a behavior-tuned encoder (no readable {TUNING_INFO})") from None
+        raise PLMInitError(
+            f"{key} '{folder}' is not a behavior-tuned encoder (no readable {TUNING_INFO})"
+        ) from None
     return found, info
 
 
 def init_encoder_name(config):
     """The encoder whose item vectors start the item table, or None (random init, or a further-train run that
-    loads its table from a checkpoint). ``pretrain`` must not have seen the target; ``finetune`` must have."""
+    loads its table from a checkpoint). ``pretrain`` must not have seen the target; ``finetune`` must have.
+    """
     init_type, mode = config["init_type"], config["embedding_mode"]
     if init_type not in INIT_TYPES:
-        raise PLMInitError(f"init_type must be one of {', '.join(INIT_TYPES)}; got '{init_type}'")
+        raise PLMInitError(
+            f"init_type must be one of {', '.join(INIT_TYPES)}; got '{init_type}'"
+        )
     if mode not in EMBEDDING_MODES:
-        raise PLMInitError(f"embedding_mode must be one of {', '.join(EMBEDDING_MODES)}; got '{mode}'")
+        raise PLMInitError(
+            f"embedding_mode must be one of {', '.join(EMBEDDING_MODES)}; got '{mode}'"
+        )
     if mode.startswith("further") or init_type == "none":
         return None
     if init_type == "plm":
         return config["plm_name"]
     if is_unset(config["init_plm_path"]):
-        raise PLMInitError(f"init_type={init_type} needs init_plm_path (a folder written by --model=BehaviorTuning)")
+        raise PLMInitError(
+            f"init_type={init_type} needs init_plm_path (a folder written by --model=BehaviorTuning)"
+        )
     folder, info = read_tuning_info(config["init_plm_path"])
     if info.get("plm_pooling", config["plm_pooling"]) != config["plm_pooling"]:
-        raise PLMInitError(f"{folder} was tuned with plm_pooling={info['plm_pooling']}; "
-                           f"pass --plm_pooling={info['plm_pooling']}")
+        raise PLMInitError(
+            f"{folder} was tuned with plm_pooling={info['plm_pooling']}; "
+            f"pass --plm_pooling={info['plm_pooling']}"
+        )
     targets = set(dataset_names(config["dataset"]))
     tuned_on = set(info.get("datasets", []))
     if init_type == "pretrain" and targets & tuned_on:
@@ -97,11 +111,11 @@ def encoder_item_max_length(encoder, default):
         return int(json.load(f).get("item_max_length", default))
 
 
-
 # --- behavior tuning --------------------------------------------------------------------------------------------
 class BehaviorTuning(SequentialRecommender):
     """The text encoder under behavior tuning; ``calculate_loss`` is the in-batch item-item contrastive loss.
-    It ranks nothing: its trainer (``trainer.lm.BehaviorTuningTrainer``) only trains and exports the encoder."""
+    It ranks nothing: its trainer (``trainer.lm.BehaviorTuningTrainer``) only trains and exports the encoder.
+    """
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -110,7 +124,9 @@ class BehaviorTuning(SequentialRecommender):
         self.config = config
         self.tuning = config["plm_tuning"]
         if self.tuning not in TUNINGS:
-            raise PLMInitError(f"plm_tuning must be one of {', '.join(TUNINGS)}; got '{self.tuning}'")
+            raise PLMInitError(
+                f"plm_tuning must be one of {', '.join(TUNINGS)}; got '{self.tuning}'"
+            )
         self.pooling = config["plm_pooling"]
         self.temperature = config["bt_temperature"]
         self.seq_max_length = config["bt_seq_max_length"]
@@ -119,7 +135,11 @@ class BehaviorTuning(SequentialRecommender):
         if not is_unset(config["init_plm_path"]):
             self.init_plm_path, _ = read_tuning_info(config["init_plm_path"])
         # the encoder this run starts from (a tuned folder is loaded with its LoRA merged in)
-        self.base_name = os.path.abspath(self.init_plm_path) if self.init_plm_path else config["plm_name"]
+        self.base_name = (
+            os.path.abspath(self.init_plm_path)
+            if self.init_plm_path
+            else config["plm_name"]
+        )
 
         # define layers: the encoder, with LoRA adapters when plm_tuning=lora
         self.tokenizer, encoder = text.load_plm(self.base_name)
@@ -127,13 +147,21 @@ class BehaviorTuning(SequentialRecommender):
             from peft import LoraConfig, get_peft_model
 
             layers = config["lora_layers"]
-            lora = LoraConfig(r=config["lora_r"], lora_alpha=config["lora_alpha"],
-                              lora_dropout=config["lora_dropout"], target_modules=list(config["lora_target_modules"]),
-                              layers_to_transform=None if layers is None else [int(i) for i in layers])
+            lora = LoraConfig(
+                r=config["lora_r"],
+                lora_alpha=config["lora_alpha"],
+                lora_dropout=config["lora_dropout"],
+                target_modules=list(config["lora_target_modules"]),
+                layers_to_transform=(
+                    None if layers is None else [int(i) for i in layers]
+                ),
+            )
             encoder = get_peft_model(encoder, lora)
         self.encoder = encoder.train()
         # every item's text as token ids, once; row 0 is the padding item
-        self.item_tokens = text.ItemTokens(self.tokenizer, dataset.item_texts, self.item_max_length)
+        self.item_tokens = text.ItemTokens(
+            self.tokenizer, dataset.item_texts, self.item_max_length
+        )
 
     def sequence_tokens(self, history):
         """[CLS] newest item [SEP] the one before [SEP] ... cut at ``bt_seq_max_length`` tokens."""
@@ -141,38 +169,53 @@ class BehaviorTuning(SequentialRecommender):
 
     def encode(self, token_lists):
         input_ids, attention_mask = text.pad_batch(token_lists, self.item_tokens.pad_id)
-        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(
+            self.device
+        )
+        hidden = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask
+        ).last_hidden_state
         return text.pool(hidden, attention_mask, self.pooling)
 
     def calculate_loss(self, interaction):
         item_seq = interaction[self.ITEM_SEQ].tolist()
         lengths = interaction[self.ITEM_SEQ_LEN].tolist()
         targets = interaction[self.POS_ITEM_ID]
-        sequences = self.encode([self.sequence_tokens(seq[:n]) for seq, n in zip(item_seq, lengths)])
+        sequences = self.encode(
+            [self.sequence_tokens(seq[:n]) for seq, n in zip(item_seq, lengths)]
+        )
         items = self.encode([self.item_tokens.item(i) for i in targets.tolist()])
-        logits = F.normalize(sequences, dim=-1) @ F.normalize(items, dim=-1).T / self.temperature
+        logits = (
+            F.normalize(sequences, dim=-1)
+            @ F.normalize(items, dim=-1).T
+            / self.temperature
+        )
         # another row with the same next item is not a negative
-        same = (targets.unsqueeze(1) == targets.unsqueeze(0)) & ~torch.eye(len(targets), dtype=torch.bool,
-                                                                             device=targets.device)
+        same = (targets.unsqueeze(1) == targets.unsqueeze(0)) & ~torch.eye(
+            len(targets), dtype=torch.bool, device=targets.device
+        )
         logits = logits.masked_fill(same, float("-inf"))
         return F.cross_entropy(logits, torch.arange(len(targets), device=logits.device))
 
     def predict(self, interaction):
-        raise UserInputError("BehaviorTuning tunes a text encoder and ranks nothing; rank with PLMInitSASRec")
+        raise UserInputError(
+            "BehaviorTuning tunes a text encoder and ranks nothing; rank with PLMInitSASRec"
+        )
 
     full_sort_predict = predict
 
     def export(self, folder, extra_info):
         """Save the encoder to ``folder`` (atomically): the LoRA adapter (peft ``save_pretrained``, base = the
-        encoder this run started from) or the whole tuned encoder and its tokenizer, plus ``behavior_tuning.json``."""
+        encoder this run started from) or the whole tuned encoder and its tokenizer, plus ``behavior_tuning.json``.
+        """
         info = {
             "plm_name": self.base_name,
             "plm_tuning": self.tuning,
             "plm_pooling": self.pooling,
             "datasets": dataset_names(self.config["dataset"]),
             "init_plm_path": self.init_plm_path,
-            "item_max_length": self.item_max_length + 2,  # tokens per item text with [CLS] and [SEP]
+            "item_max_length": self.item_max_length
+            + 2,  # tokens per item text with [CLS] and [SEP]
             "tuned_on": "training split (RecBole leave-one-out; validation and test interactions never read)",
             "created": time.strftime("%Y-%m-%d %H:%M:%S"),
             **extra_info,
@@ -180,7 +223,9 @@ class BehaviorTuning(SequentialRecommender):
 
         def write(tmp):
             if self.tuning == "lora":
-                self.encoder.peft_config["default"].base_model_name_or_path = self.base_name
+                self.encoder.peft_config["default"].base_model_name_or_path = (
+                    self.base_name
+                )
                 # the embedding layers are not tuned; without this peft looks the base name up online to check
                 self.encoder.save_pretrained(tmp, save_embedding_layers=False)
             else:
@@ -196,20 +241,29 @@ class BehaviorTuning(SequentialRecommender):
 # --- PLM-initialized ID models ----------------------------------------------------------------------------------
 class PLMItemInit:
     """What PLMInitSASRec and PLMInitBERT4Rec add to their stock model: the item table's start and its mode.
-    Rows 1 .. n_items - 1 are the items (row 0 is padding; BERT4Rec's mask token row follows the items)."""
+    Rows 1 .. n_items - 1 are the items (row 0 is padding; BERT4Rec's mask token row follows the items).
+    """
 
     @staticmethod
     def resolve_hidden_size(config, dataset):
         """``hidden_size`` unset -> the encoder's width; set and different -> an error unless plm_projection=pca."""
         mode = config["embedding_mode"]
-        if isinstance(mode, str) and mode.startswith("further") and not is_unset(config["pretrained_path"]):
+        if (
+            isinstance(mode, str)
+            and mode.startswith("further")
+            and not is_unset(config["pretrained_path"])
+        ):
             saved = compat.load_checkpoint(_checkpoint_path(config))
             return saved.get("config", {}).get("hidden_size", config["hidden_size"])
         plm_size = dataset.plm_size or text.plm_hidden_size(config["plm_name"])
         hidden = config["hidden_size"]
         if hidden is None or str(hidden).lower() == "auto":
             return plm_size
-        if int(hidden) != plm_size and dataset.plm_embedding is not None and config["plm_projection"] != "pca":
+        if (
+            int(hidden) != plm_size
+            and dataset.plm_embedding is not None
+            and config["plm_projection"] != "pca"
+        ):
             raise PLMInitError(
                 f"hidden_size={hidden} differs from the encoder's width {plm_size}: leave hidden_size unset "
                 "(= the encoder's width) or set plm_projection=pca"
@@ -223,7 +277,9 @@ class PLMItemInit:
         if dataset.plm_embedding is not None:
             vectors = self.project(dataset.plm_embedding, config["plm_projection"])
             with torch.no_grad():  # row 0 (padding) keeps the stock start
-                self.item_embedding.weight[1:rows] = vectors[1:rows].to(self.item_embedding.weight.dtype)
+                self.item_embedding.weight[1:rows] = vectors[1:rows].to(
+                    self.item_embedding.weight.dtype
+                )
         if self.embedding_mode.startswith("further"):
             self.load_freeze_checkpoint(config)
         if self.embedding_mode == "freeze":
@@ -236,12 +292,17 @@ class PLMItemInit:
         if vectors.shape[1] == self.hidden_size:
             return vectors
         if projection not in PROJECTIONS:
-            raise PLMInitError(f"plm_projection must be one of {', '.join(PROJECTIONS)}; got '{projection}'")
+            raise PLMInitError(
+                f"plm_projection must be one of {', '.join(PROJECTIONS)}; got '{projection}'"
+            )
         # the first hidden_size principal directions of the item vectors (deterministic: a full SVD)
         items = vectors[1:]
         centered = items - items.mean(0, keepdim=True)
         _, _, v = torch.linalg.svd(centered, full_matrices=False)
-        return torch.cat([torch.zeros(1, self.hidden_size), centered @ v[: self.hidden_size].T], dim=0)
+        return torch.cat(
+            [torch.zeros(1, self.hidden_size), centered @ v[: self.hidden_size].T],
+            dim=0,
+        )
 
     def load_freeze_checkpoint(self, config):
         path = _checkpoint_path(config)
@@ -249,15 +310,21 @@ class PLMItemInit:
         saved = checkpoint.get("config", {}) if isinstance(checkpoint, dict) else {}
         model = type(self).__name__
         if saved.get("model") != model:
-            raise PLMInitError(f"pretrained_path '{path}' holds a {saved.get('model', 'unknown')} checkpoint, not {model}")
+            raise PLMInitError(
+                f"pretrained_path '{path}' holds a {saved.get('model', 'unknown')} checkpoint, not {model}"
+            )
         if saved.get("embedding_mode") != "freeze":
-            raise PLMInitError(f"embedding_mode={self.embedding_mode} starts from a freeze-mode checkpoint; "
-                               f"'{path}' was trained with embedding_mode={saved.get('embedding_mode')}")
+            raise PLMInitError(
+                f"embedding_mode={self.embedding_mode} starts from a freeze-mode checkpoint; "
+                f"'{path}' was trained with embedding_mode={saved.get('embedding_mode')}"
+            )
         own = self.state_dict()
         state = checkpoint["state_dict"]
         wrong = [k for k in own if k not in state or state[k].shape != own[k].shape]
         if wrong:
-            raise PLMInitError(f"pretrained_path '{path}' does not fit this model ({wrong[0]}: other dataset or size?)")
+            raise PLMInitError(
+                f"pretrained_path '{path}' does not fit this model ({wrong[0]}: other dataset or size?)"
+            )
         self.load_state_dict(state)
         self.init_type = saved.get("init_type", self.init_type)
 
@@ -265,8 +332,10 @@ class PLMItemInit:
 def _checkpoint_path(config):
     value = config["pretrained_path"]
     if is_unset(value):
-        raise PLMInitError(f"embedding_mode={config['embedding_mode']} needs pretrained_path "
-                           "(a checkpoint of this model trained with embedding_mode=freeze)")
+        raise PLMInitError(
+            f"embedding_mode={config['embedding_mode']} needs pretrained_path "
+            "(a checkpoint of this model trained with embedding_mode=freeze)"
+        )
     found = find_path(value)
     if found is None:
         raise PLMInitError(f"pretrained_path '{value}' not found")

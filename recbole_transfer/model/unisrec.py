@@ -17,6 +17,7 @@ The adaptor depends only on the item, so each step adapts every distinct item on
 sequences (the reference code adapts every position). Same maths, except that adaptor dropout and gate noise are
 shared by all occurrences of an item within one step.
 """
+
 import os
 
 import torch
@@ -37,7 +38,9 @@ class PretrainedCheckpointError(UserInputError):
 
 
 # pretrained by this project on Electronics, Sports, Toys and Tools (pretrained/README.md has the command)
-SHIPPED_CHECKPOINT = os.path.join("pretrained", "UniSRec-Electronics,Sports,Toys,Tools.pth")
+SHIPPED_CHECKPOINT = os.path.join(
+    "pretrained", "UniSRec-Electronics,Sports,Toys,Tools.pth"
+)
 
 
 def resolve_pretrained_path(value, train_stage):
@@ -64,8 +67,16 @@ class UniSRec(SequentialRecommender):
     # the "universal sequence representation" part, frozen while fine-tuning from a pretrained checkpoint
     ENCODER = ("position_embedding", "LayerNorm", "trm_encoder")
     # config keys that must agree between a pretrained checkpoint and the run loading it
-    ARCHITECTURE_KEYS = ("hidden_size", "inner_size", "n_layers", "n_heads", "n_exps", "MAX_ITEM_LIST_LENGTH",
-                         "plm_name", "plm_pooling")
+    ARCHITECTURE_KEYS = (
+        "hidden_size",
+        "inner_size",
+        "n_layers",
+        "n_heads",
+        "n_exps",
+        "MAX_ITEM_LIST_LENGTH",
+        "plm_name",
+        "plm_pooling",
+    )
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -73,7 +84,9 @@ class UniSRec(SequentialRecommender):
         # load parameters info
         self.train_stage = config["train_stage"]
         if self.train_stage not in self.STAGES:
-            raise UserInputError(f"train_stage must be one of {', '.join(self.STAGES)}; got '{self.train_stage}'")
+            raise UserInputError(
+                f"train_stage must be one of {', '.join(self.STAGES)}; got '{self.train_stage}'"
+            )
         self.n_layers = config["n_layers"]
         self.n_heads = config["n_heads"]
         self.hidden_size = config["hidden_size"]
@@ -91,7 +104,9 @@ class UniSRec(SequentialRecommender):
 
         # frozen item-text tables: not in the state dict (rebuilt from the dataset's text cache), identical on every
         # rank, so DDP need not broadcast them
-        self.register_buffer("plm_embedding", dataset.plm_embedding.clone(), persistent=False)
+        self.register_buffer(
+            "plm_embedding", dataset.plm_embedding.clone(), persistent=False
+        )
         self.plm_size = self.plm_embedding.shape[1]
         text_tables = ["plm_embedding"]
         if self.train_stage == "pretrain":
@@ -101,11 +116,16 @@ class UniSRec(SequentialRecommender):
         compat.ddp_ignore_buffers(self, text_tables)
 
         # define layers and loss
-        self.moe_adaptor = MoEAdaptor(config["n_exps"], self.plm_size, self.hidden_size,
-                                      dropout=config["adaptor_dropout_prob"])
+        self.moe_adaptor = MoEAdaptor(
+            config["n_exps"],
+            self.plm_size,
+            self.hidden_size,
+            dropout=config["adaptor_dropout_prob"],
+        )
         self.item_embedding = (
             nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
-            if self.train_stage == "transductive_ft" else None
+            if self.train_stage == "transductive_ft"
+            else None
         )
         self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
         self.trm_encoder = TransformerEncoder(
@@ -124,7 +144,9 @@ class UniSRec(SequentialRecommender):
 
         # parameters initialization
         self.apply(self._init_weights)
-        self.pretrained_path = resolve_pretrained_path(config["pretrained_path"], self.train_stage)
+        self.pretrained_path = resolve_pretrained_path(
+            config["pretrained_path"], self.train_stage
+        )
         if self.pretrained_path is not None:
             self.load_pretrained(self.pretrained_path)
             if self.train_stage != "pretrain" and config["freeze_encoder"]:
@@ -144,13 +166,21 @@ class UniSRec(SequentialRecommender):
     # --- pretrained weights -------------------------------------------------------------------------------------
     def transferable_state_dict(self):
         """The weights a later stage loads: encoder and adaptor (no text tables, no ID table)."""
-        return {k: v for k, v in self.state_dict().items() if k.split(".")[0] in self.TRANSFERABLE}
+        return {
+            k: v
+            for k, v in self.state_dict().items()
+            if k.split(".")[0] in self.TRANSFERABLE
+        }
 
     def load_pretrained(self, path):
         checkpoint = compat.load_checkpoint(path)
-        saved_config = checkpoint.get("config", {}) if isinstance(checkpoint, dict) else {}
+        saved_config = (
+            checkpoint.get("config", {}) if isinstance(checkpoint, dict) else {}
+        )
         if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-            raise PretrainedCheckpointError(f"pretrained_path '{path}' is not a checkpoint saved by this plugin")
+            raise PretrainedCheckpointError(
+                f"pretrained_path '{path}' is not a checkpoint saved by this plugin"
+            )
         if saved_config.get("model") != "UniSRec":
             raise PretrainedCheckpointError(
                 f"pretrained_path '{path}' holds a {saved_config.get('model', 'unknown')} checkpoint, not UniSRec"
@@ -161,15 +191,26 @@ class UniSRec(SequentialRecommender):
             if key in saved_config and saved_config[key] != self.config[key]
         ]
         if differing:
-            raise PretrainedCheckpointError(f"pretrained_path '{path}' does not fit this model: {'; '.join(differing)}")
-        state = {k: v for k, v in checkpoint["state_dict"].items() if k.split(".")[0] in self.TRANSFERABLE}
+            raise PretrainedCheckpointError(
+                f"pretrained_path '{path}' does not fit this model: {'; '.join(differing)}"
+            )
+        state = {
+            k: v
+            for k, v in checkpoint["state_dict"].items()
+            if k.split(".")[0] in self.TRANSFERABLE
+        }
         own = self.transferable_state_dict()
         missing = sorted(set(own) - set(state))
-        wrong = [f"{k} {tuple(state[k].shape)} there, {tuple(own[k].shape)} here"
-                 for k in sorted(own) if k in state and state[k].shape != own[k].shape]
+        wrong = [
+            f"{k} {tuple(state[k].shape)} there, {tuple(own[k].shape)} here"
+            for k in sorted(own)
+            if k in state and state[k].shape != own[k].shape
+        ]
         if missing or wrong:
             detail = wrong[0] if wrong else f"missing {missing[0]}"
-            raise PretrainedCheckpointError(f"pretrained_path '{path}' does not fit this model: {detail}")
+            raise PretrainedCheckpointError(
+                f"pretrained_path '{path}' does not fit this model: {detail}"
+            )
         self.load_state_dict(state, strict=False)
 
     # --- item and sequence representations ----------------------------------------------------------------------
@@ -189,23 +230,32 @@ class UniSRec(SequentialRecommender):
 
     def forward(self, item_seq, item_seq_len, table, rows=None):
         """Sequence vectors [B, hidden]. Position j of sequence i reads ``table[rows[i, j]]`` (adapted text vectors;
-        ``rows`` defaults to ``item_seq``). Rows are encoded in length buckets (``length_buckets``)."""
+        ``rows`` defaults to ``item_seq``). Rows are encoded in length buckets (``length_buckets``).
+        """
         rows = item_seq if rows is None else rows
         order, outputs = [], []
         for bucket, width in length_buckets(item_seq_len, item_seq.shape[1]):
             seq = item_seq[bucket, :width]
-            outputs.append(self._encode(seq, item_seq_len[bucket], table[rows[bucket, :width]]))
+            outputs.append(
+                self._encode(seq, item_seq_len[bucket], table[rows[bucket, :width]])
+            )
             order.append(bucket)
         return torch.cat(outputs)[torch.argsort(torch.cat(order))]
 
     def _encode(self, item_seq, item_seq_len, item_emb):
-        position_ids = torch.arange(item_seq.shape[1], device=item_seq.device).unsqueeze(0).expand_as(item_seq)
+        position_ids = (
+            torch.arange(item_seq.shape[1], device=item_seq.device)
+            .unsqueeze(0)
+            .expand_as(item_seq)
+        )
         input_emb = item_emb + self.position_embedding(position_ids)
         if self.item_embedding is not None:
             input_emb = input_emb + self.item_embedding(item_seq)
         input_emb = self.dropout(self.LayerNorm(input_emb))
         extended_attention_mask = self.get_attention_mask(item_seq)
-        output = self.trm_encoder(input_emb, extended_attention_mask, output_all_encoded_layers=True)[-1]
+        output = self.trm_encoder(
+            input_emb, extended_attention_mask, output_all_encoded_layers=True
+        )[-1]
         return self.gather_indexes(output, item_seq_len - 1)
 
     # --- losses -------------------------------------------------------------------------------------------------
@@ -224,28 +274,42 @@ class UniSRec(SequentialRecommender):
 
         # augmented view per sequence: item drop with probability item_drop_coefficient, else word drop (the same
         # items read from the word-dropped text table)
-        dropped_seq, dropped_len = item_drop(item_seq, item_seq_len, self.item_drop_ratio)
-        word_drop = torch.rand(batch, device=item_seq.device) >= self.item_drop_coefficient
+        dropped_seq, dropped_len = item_drop(
+            item_seq, item_seq_len, self.item_drop_ratio
+        )
+        word_drop = (
+            torch.rand(batch, device=item_seq.device) >= self.item_drop_coefficient
+        )
         aug_seq = torch.where(word_drop.unsqueeze(1), item_seq, dropped_seq)
         aug_len = torch.where(word_drop, item_seq_len, dropped_len)
 
         # adapt every distinct item of the batch once per table, then index rows
-        unique, inverse = torch.unique(torch.cat([item_seq.flatten(), pos_items, aug_seq.flatten()]),
-                                       return_inverse=True)
+        unique, inverse = torch.unique(
+            torch.cat([item_seq.flatten(), pos_items, aug_seq.flatten()]),
+            return_inverse=True,
+        )
         unique_aug, inverse_aug = torch.unique(item_seq[word_drop], return_inverse=True)
-        table = self.moe_adaptor(torch.cat([self.plm_embedding[unique], self.plm_embedding_aug[unique_aug]]))
+        table = self.moe_adaptor(
+            torch.cat([self.plm_embedding[unique], self.plm_embedding_aug[unique_aug]])
+        )
         n_seq = item_seq.numel()
         seq_rows = inverse[:n_seq].view_as(item_seq)
-        pos_rows = inverse[n_seq:n_seq + batch]
-        aug_rows = inverse[n_seq + batch:].view_as(item_seq).clone()
+        pos_rows = inverse[n_seq : n_seq + batch]
+        aug_rows = inverse[n_seq + batch :].view_as(item_seq).clone()
         aug_rows[word_drop] = inverse_aug.view(-1, item_seq.shape[1]) + unique.numel()
 
-        seq_output = F.normalize(self.forward(item_seq, item_seq_len, table, rows=seq_rows), dim=-1)
+        seq_output = F.normalize(
+            self.forward(item_seq, item_seq_len, table, rows=seq_rows), dim=-1
+        )
         same_target = pos_items.unsqueeze(1) == pos_items.unsqueeze(0)
         same_target &= ~torch.eye(batch, dtype=torch.bool, device=item_seq.device)
-        loss_seq_item = self._contrastive(seq_output, F.normalize(table[pos_rows], dim=-1), same_target)
+        loss_seq_item = self._contrastive(
+            seq_output, F.normalize(table[pos_rows], dim=-1), same_target
+        )
 
-        aug_output = F.normalize(self.forward(aug_seq, aug_len, table, rows=aug_rows), dim=-1)
+        aug_output = F.normalize(
+            self.forward(aug_seq, aug_len, table, rows=aug_rows), dim=-1
+        )
         loss_seq_seq = self._contrastive(seq_output, aug_output, same_target)
         return loss_seq_item + self.lam * loss_seq_seq
 
@@ -259,7 +323,10 @@ class UniSRec(SequentialRecommender):
     def predict(self, interaction):
         item_seq = interaction[self.ITEM_SEQ]
         table, rows = self.adapt_distinct(item_seq, self.plm_embedding)
-        seq_output = F.normalize(self.forward(item_seq, interaction[self.ITEM_SEQ_LEN], table, rows=rows), dim=-1)
+        seq_output = F.normalize(
+            self.forward(item_seq, interaction[self.ITEM_SEQ_LEN], table, rows=rows),
+            dim=-1,
+        )
         test_item = interaction[self.ITEM_ID]
         test_table, test_rows = self.adapt_distinct(test_item, self.plm_embedding)
         item_emb = test_table[test_rows]
@@ -272,5 +339,7 @@ class UniSRec(SequentialRecommender):
         item_seq = interaction[self.ITEM_SEQ]
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         text_table, item_table = self.item_tables()
-        seq_output = F.normalize(self.forward(item_seq, item_seq_len, text_table), dim=-1)
+        seq_output = F.normalize(
+            self.forward(item_seq, item_seq_len, text_table), dim=-1
+        )
         return seq_output @ F.normalize(item_table, dim=-1).T

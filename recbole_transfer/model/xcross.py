@@ -23,6 +23,7 @@ into scales omega_{m,j} and interaction weights omega'_{m,j} (j != m), and
 pooler and scorer. Trainable: the integrators, w, pooler, scorer. All sources run in one batch: peft's per-row
 adapter selection (``adapter_names``) picks each row's source adapter inside every LoRA layer.
 """
+
 import json
 import os
 from contextlib import contextmanager
@@ -54,7 +55,9 @@ def popularity_negatives(positives, item_counts, k, generator=None):
     weights.scatter_(1, positives.unsqueeze(1), 0)
     available = int((weights[0] > 0).sum()) - 1  # a row loses at most its positive
     if available < k:
-        raise XCrossError(f"xc_negatives={k} but only {available} other items occur in training")
+        raise XCrossError(
+            f"xc_negatives={k} but only {available} other items occur in training"
+        )
     return torch.multinomial(weights, k, replacement=False, generator=generator)
 
 
@@ -79,8 +82,11 @@ def adapter_per_row(module, adapter_names):
     def inject(_, args, kwargs):
         return args, dict(kwargs, adapter_names=adapter_names)
 
-    handles = [m.register_forward_pre_hook(inject, with_kwargs=True) for m in module.modules()
-               if isinstance(m, LoraLayer)]
+    handles = [
+        m.register_forward_pre_hook(inject, with_kwargs=True)
+        for m in module.modules()
+        if isinstance(m, LoraLayer)
+    ]
     try:
         yield
     finally:
@@ -90,20 +96,28 @@ def adapter_per_row(module, adapter_names):
 
 def check_pooling(folder, pooling):
     """A saved head was trained on one pooling and scores nothing sensible on another."""
-    saved = text.read_json(os.path.join(folder, INFO_FILE)).get("xc_pooling", "cls")  # older folders: cls
+    saved = text.read_json(os.path.join(folder, INFO_FILE)).get(
+        "xc_pooling", "cls"
+    )  # older folders: cls
     if saved != pooling:
-        raise XCrossError(f"{folder} was trained with xc_pooling={saved}; got xc_pooling={pooling}")
+        raise XCrossError(
+            f"{folder} was trained with xc_pooling={saved}; got xc_pooling={pooling}"
+        )
 
 
 def load_head(head, folder, pooling):
     check_pooling(folder, pooling)
-    head.load_state_dict(torch.load(os.path.join(folder, HEAD_FILE), map_location="cpu"))
+    head.load_state_dict(
+        torch.load(os.path.join(folder, HEAD_FILE), map_location="cpu")
+    )
 
 
 def _adapter_folder(path):
     found = None if is_unset(path) else find_path(path, folder=True)
     if found is None or not os.path.isfile(os.path.join(found, HEAD_FILE)):
-        raise XCrossError(f"{path} is not a PromptLoRA folder (no {HEAD_FILE}); write one with PromptLoRA.export")
+        raise XCrossError(
+            f"{path} is not a PromptLoRA folder (no {HEAD_FILE}); write one with PromptLoRA.export"
+        )
     return found
 
 
@@ -119,16 +133,22 @@ class PromptRecommender(SequentialRecommender):
         self.score_batch_size = int(config["xc_score_batch_size"])
         self.pooling = config["xc_pooling"]
         if self.pooling not in POOLINGS:
-            raise XCrossError(f"xc_pooling must be one of {', '.join(POOLINGS)}; got '{self.pooling}'")
+            raise XCrossError(
+                f"xc_pooling must be one of {', '.join(POOLINGS)}; got '{self.pooling}'"
+            )
         # training frequency of every item: the popularity the negatives are drawn by
         counts = torch.zeros(self.n_items, dtype=torch.long)
-        items, freq = torch.unique(dataset.inter_feat[self.POS_ITEM_ID], return_counts=True)
+        items, freq = torch.unique(
+            dataset.inter_feat[self.POS_ITEM_ID], return_counts=True
+        )
         counts[items] = freq
         self.register_buffer("item_counts", counts, persistent=False)
         self.generator = torch.Generator().manual_seed(int(config["seed"]))
 
     def init_tokens(self, tokenizer, dataset, config):
-        self.item_tokens = text.ItemTokens(tokenizer, dataset.item_texts, int(config["xc_title_tokens"]))
+        self.item_tokens = text.ItemTokens(
+            tokenizer, dataset.item_texts, int(config["xc_title_tokens"])
+        )
 
     def pool(self, hidden, attention_mask):
         """One vector per prompt from the last hidden states [N, T, d]."""
@@ -139,42 +159,69 @@ class PromptRecommender(SequentialRecommender):
 
     def prompt_history(self, sequence, length):
         """The items a prompt shows (oldest first; the prompt lists them newest first): the last
-        ``xc_history_items`` of the row's items before its target (RecBole's ``item_id_list``)."""
-        return sequence[:length][-self.history_items:]
+        ``xc_history_items`` of the row's items before its target (RecBole's ``item_id_list``).
+        """
+        return sequence[:length][-self.history_items :]
 
     def prompt_tokens(self, item_seq, item_seq_len, candidates):
         """Token lists of every (row, candidate) prompt, row-major."""
-        sequences, lengths, candidates = item_seq.tolist(), item_seq_len.tolist(), candidates.tolist()
-        return [self.item_tokens.pair(self.prompt_history(seq, n), c, self.max_length)
-                for seq, n, row in zip(sequences, lengths, candidates) for c in row]
+        sequences, lengths, candidates = (
+            item_seq.tolist(),
+            item_seq_len.tolist(),
+            candidates.tolist(),
+        )
+        return [
+            self.item_tokens.pair(self.prompt_history(seq, n), c, self.max_length)
+            for seq, n, row in zip(sequences, lengths, candidates)
+            for c in row
+        ]
 
     def score_prompts(self, token_lists):
         scores = []
         for start in range(0, len(token_lists), self.score_batch_size):
-            input_ids, attention_mask = text.pad_batch(token_lists[start:start + self.score_batch_size],
-                                                       self.item_tokens.pad_id)
-            scores.append(self.score(input_ids.to(self.device), attention_mask.to(self.device)))
+            input_ids, attention_mask = text.pad_batch(
+                token_lists[start : start + self.score_batch_size],
+                self.item_tokens.pad_id,
+            )
+            scores.append(
+                self.score(input_ids.to(self.device), attention_mask.to(self.device))
+            )
         return torch.cat(scores)
 
     def calculate_loss(self, interaction):
         positives = interaction[self.POS_ITEM_ID]
-        negatives = popularity_negatives(positives.cpu(), self.item_counts.cpu(), self.n_negatives, self.generator)
-        candidates = torch.cat([positives.cpu().unsqueeze(1), negatives], dim=1)  # the positive is choice 0
-        scores = self.score_prompts(self.prompt_tokens(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN],
-                                                       candidates)).view(len(positives), -1)
-        return F.cross_entropy(scores, torch.zeros(len(positives), dtype=torch.long, device=scores.device))
+        negatives = popularity_negatives(
+            positives.cpu(), self.item_counts.cpu(), self.n_negatives, self.generator
+        )
+        candidates = torch.cat(
+            [positives.cpu().unsqueeze(1), negatives], dim=1
+        )  # the positive is choice 0
+        scores = self.score_prompts(
+            self.prompt_tokens(
+                interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], candidates
+            )
+        ).view(len(positives), -1)
+        return F.cross_entropy(
+            scores, torch.zeros(len(positives), dtype=torch.long, device=scores.device)
+        )
 
     def predict(self, interaction):
         candidates = interaction[self.ITEM_ID].unsqueeze(1)
-        return self.score_prompts(self.prompt_tokens(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN],
-                                                     candidates))
+        return self.score_prompts(
+            self.prompt_tokens(
+                interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], candidates
+            )
+        )
 
     def full_sort_predict(self, interaction):
         """Every item's prompt for every row: n_items language-model passes per user."""
         rows = len(interaction[self.ITEM_SEQ])
         candidates = torch.arange(self.n_items).unsqueeze(0).repeat(rows, 1)
-        return self.score_prompts(self.prompt_tokens(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN],
-                                                     candidates)).view(rows, -1)
+        return self.score_prompts(
+            self.prompt_tokens(
+                interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], candidates
+            )
+        ).view(rows, -1)
 
 
 class PromptLoRA(PromptRecommender):
@@ -185,19 +232,35 @@ class PromptLoRA(PromptRecommender):
         # load parameters info
         self.train_part = config["xc_train_part"]
         if self.train_part not in TRAIN_PARTS:
-            raise XCrossError(f"xc_train_part must be one of {', '.join(TRAIN_PARTS)}; got '{self.train_part}'")
-        init = None if is_unset(config["init_adapter"]) else _adapter_folder(config["init_adapter"])
+            raise XCrossError(
+                f"xc_train_part must be one of {', '.join(TRAIN_PARTS)}; got '{self.train_part}'"
+            )
+        init = (
+            None
+            if is_unset(config["init_adapter"])
+            else _adapter_folder(config["init_adapter"])
+        )
 
         # define layers: the language model with one LoRA adapter, and the head
-        tokenizer, base = text.load_plm(text.adapter_base(init) if init else config["plm_name"])
+        tokenizer, base = text.load_plm(
+            text.adapter_base(init) if init else config["plm_name"]
+        )
         self.init_tokens(tokenizer, dataset, config)
         if init:
-            self.encoder = PeftModel.from_pretrained(base, init, is_trainable=self.train_part == "lora")
+            self.encoder = PeftModel.from_pretrained(
+                base, init, is_trainable=self.train_part == "lora"
+            )
         else:
             if self.train_part == "head":
-                raise XCrossError("xc_train_part=head trains on a saved adapter: set init_adapter")
-            lora = LoraConfig(r=config["lora_r"], lora_alpha=config["lora_alpha"], lora_dropout=config["lora_dropout"],
-                              target_modules=list(config["lora_target_modules"]))
+                raise XCrossError(
+                    "xc_train_part=head trains on a saved adapter: set init_adapter"
+                )
+            lora = LoraConfig(
+                r=config["lora_r"],
+                lora_alpha=config["lora_alpha"],
+                lora_dropout=config["lora_dropout"],
+                target_modules=list(config["lora_target_modules"]),
+            )
             self.encoder = get_peft_model(base, lora)
         self.head = PromptHead(base.config.hidden_size)
         if init:
@@ -205,7 +268,9 @@ class PromptLoRA(PromptRecommender):
         self.base_name = text.adapter_base(init) if init else config["plm_name"]
 
     def score(self, input_ids, attention_mask):
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask
+        ).last_hidden_state
         return self.head(self.pool(hidden, attention_mask))
 
     def export(self, folder, extra_info=None):
@@ -235,7 +300,9 @@ class XCross(PromptRecommender):
             raise XCrossError("xcross_sources needs at least two PromptLoRA folders")
         bases = {text.adapter_base(path) for path in sources}
         if len(bases) != 1:
-            raise XCrossError(f"xcross_sources were tuned from different language models: {', '.join(sorted(bases))}")
+            raise XCrossError(
+                f"xcross_sources were tuned from different language models: {', '.join(sorted(bases))}"
+            )
         self.n_sources = len(sources)
         self.alpha = float(config["xcross_alpha"])
         self.beta = float(config["xcross_beta"])
@@ -245,7 +312,9 @@ class XCross(PromptRecommender):
         tokenizer, base = text.load_plm(bases.pop())
         self.init_tokens(tokenizer, dataset, config)
         self.adapter_names = [f"source{m}" for m in range(self.n_sources)]
-        self.encoder = PeftModel.from_pretrained(base, sources[0], adapter_name=self.adapter_names[0])
+        self.encoder = PeftModel.from_pretrained(
+            base, sources[0], adapter_name=self.adapter_names[0]
+        )
         for name, path in zip(self.adapter_names[1:], sources[1:]):
             self.encoder.load_adapter(path, adapter_name=name)
         self.encoder.requires_grad_(False)
@@ -253,8 +322,10 @@ class XCross(PromptRecommender):
         n_layers = len(self.language_model.encoder.layer)
         self.n_integrated = min(int(config["xcross_layers"]), n_layers)
         hidden, n = base.config.hidden_size, self.n_sources
-        self.integrators = nn.ModuleList(nn.Linear(n * hidden, 2 * n * (n - 1), bias=False)
-                                         for _ in range(self.n_integrated))
+        self.integrators = nn.ModuleList(
+            nn.Linear(n * hidden, 2 * n * (n - 1), bias=False)
+            for _ in range(self.n_integrated)
+        )
         self.source_weights = nn.Parameter(torch.full((n,), 1.0 / n))
         self.head = PromptHead(hidden)
 
@@ -263,18 +334,31 @@ class XCross(PromptRecommender):
             nn.init.zeros_(integrator.weight)
         for path in sources:  # every source must share the pooling, not only the head's
             check_pooling(path, self.pooling)
-        self.head.load_state_dict(torch.load(os.path.join(sources[head_source], HEAD_FILE), map_location="cpu"))
+        self.head.load_state_dict(
+            torch.load(
+                os.path.join(sources[head_source], HEAD_FILE), map_location="cpu"
+            )
+        )
         # pairs (m, j), j != m, in the order omega's columns are read
-        self.register_buffer("pair_other", torch.tensor([[j for j in range(n) if j != m] for m in range(n)]),
-                             persistent=False)
+        self.register_buffer(
+            "pair_other",
+            torch.tensor([[j for j in range(n) if j != m] for m in range(n)]),
+            persistent=False,
+        )
 
     def integrate(self, integrator, states):
         """h~_m = h_m + alpha sum_j omega_mj h_j + beta sum_j omega'_mj (h_m - h_j) over states [n, B, T, d]."""
         n = self.n_sources
         omega = integrator(states.permute(1, 2, 0, 3).flatten(2))  # [B, T, 2n(n-1)]
-        scales, interactions = omega.view(*omega.shape[:2], 2, n, n - 1).permute(2, 3, 0, 1, 4)  # [n, B, T, n-1]
-        others = states[self.pair_other]  # [n, n-1, B, T, d]: others[m, k] = h_j for the k-th j != m
-        scales, interactions = scales.permute(0, 3, 1, 2).unsqueeze(-1), interactions.permute(0, 3, 1, 2).unsqueeze(-1)
+        scales, interactions = omega.view(*omega.shape[:2], 2, n, n - 1).permute(
+            2, 3, 0, 1, 4
+        )  # [n, B, T, n-1]
+        others = states[
+            self.pair_other
+        ]  # [n, n-1, B, T, d]: others[m, k] = h_j for the k-th j != m
+        scales, interactions = scales.permute(0, 3, 1, 2).unsqueeze(
+            -1
+        ), interactions.permute(0, 3, 1, 2).unsqueeze(-1)
         direct = (scales * others).sum(1)
         differences = (interactions * (states.unsqueeze(1) - others)).sum(1)
         return states + self.alpha * direct + self.beta * differences
@@ -285,7 +369,9 @@ class XCross(PromptRecommender):
 
         lm, n, rows = self.language_model, self.n_sources, len(input_ids)
         embedded = lm.embeddings(input_ids=input_ids)
-        mask = create_bidirectional_mask(config=lm.config, inputs_embeds=embedded, attention_mask=attention_mask)
+        mask = create_bidirectional_mask(
+            config=lm.config, inputs_embeds=embedded, attention_mask=attention_mask
+        )
         states = embedded.repeat(n, 1, 1)  # source m's rows are m*B .. (m+1)*B - 1
         if mask is not None:
             mask = mask.repeat(n, *([1] * (mask.dim() - 1)))
@@ -298,9 +384,13 @@ class XCross(PromptRecommender):
             states = states[0] if isinstance(states, tuple) else states
             if index >= first_integrated:
                 per_source = states.view(n, rows, *states.shape[1:])
-                states = self.integrate(self.integrators[index - first_integrated], per_source).flatten(0, 1)
+                states = self.integrate(
+                    self.integrators[index - first_integrated], per_source
+                ).flatten(0, 1)
         per_source = states.view(n, rows, *states.shape[1:])
         return (self.source_weights.view(n, 1, 1, 1) * per_source).sum(0)
 
     def score(self, input_ids, attention_mask):
-        return self.head(self.pool(self.encode(input_ids, attention_mask), attention_mask))
+        return self.head(
+            self.pool(self.encode(input_ids, attention_mask), attention_mask)
+        )

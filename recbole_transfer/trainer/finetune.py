@@ -5,6 +5,7 @@
 split, as the floor a model must beat. ``valid_metric`` for profiles: accuracy or macro_f1. With several processes
 the ranks' predictions are gathered, so every rank computes both over all evaluated users.
 """
+
 from collections import OrderedDict
 
 import torch
@@ -45,15 +46,21 @@ class TargetTaskTrainer(Trainer):
         self.is_profile = config["target_task"] == "profile"
 
     @torch.no_grad()
-    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+    def evaluate(
+        self, eval_data, load_best_model=True, model_file=None, show_progress=False
+    ):
         if not self.is_profile:
-            return super().evaluate(eval_data, load_best_model, model_file, show_progress)
+            return super().evaluate(
+                eval_data, load_best_model, model_file, show_progress
+            )
         if not eval_data:
             return None
         if load_best_model:
             from recbole_transfer import compat
 
-            checkpoint = compat.load_checkpoint(model_file or self.saved_model_file, map_location=self.device)
+            checkpoint = compat.load_checkpoint(
+                model_file or self.saved_model_file, map_location=self.device
+            )
             self.model.load_state_dict(checkpoint["state_dict"])
             self.model.load_other_parameter(checkpoint.get("other_parameter"))
         self.model.eval()
@@ -65,12 +72,22 @@ class TargetTaskTrainer(Trainer):
             users.append(interaction[user_field].cpu())
             predicted.append(self.model.full_sort_predict(interaction).argmax(1).cpu())
             labels.append(interaction[item_field].cpu())
-        users, predicted, labels = torch.cat(users), torch.cat(predicted), torch.cat(labels)
+        users, predicted, labels = (
+            torch.cat(users),
+            torch.cat(predicted),
+            torch.cat(labels),
+        )
         if not self.config["single_spec"]:
             users, predicted, labels = self._gather_over_ranks(users, predicted, labels)
         majority = self.model.majority_label
         n_classes = self.model.n_items
         accuracy, macro_f1 = accuracy_and_macro_f1(predicted, labels, n_classes)
-        base_accuracy, base_f1 = accuracy_and_macro_f1(torch.full_like(labels, majority), labels, n_classes)
-        return OrderedDict(accuracy=round(accuracy, 4), macro_f1=round(macro_f1, 4),
-                           labelcs_accuracy=round(base_accuracy, 4), labelcs_macro_f1=round(base_f1, 4))
+        base_accuracy, base_f1 = accuracy_and_macro_f1(
+            torch.full_like(labels, majority), labels, n_classes
+        )
+        return OrderedDict(
+            accuracy=round(accuracy, 4),
+            macro_f1=round(macro_f1, 4),
+            labelcs_accuracy=round(base_accuracy, 4),
+            labelcs_macro_f1=round(base_f1, 4),
+        )

@@ -7,6 +7,7 @@ is downstream, and a target's validation split must not steer FT), keeps the res
 ``PromptLoRATrainer``: RecBole's training with early stopping; every new best-validation model is also exported
 as a PromptLoRA folder (adapter + head, ``model.xcross``), so the folder always holds the best adapter.
 """
+
 import os
 import time
 
@@ -38,17 +39,30 @@ class BehaviorTuningTrainer(PretrainTrainer):
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         if self._started is None:
             self._started = time.time()
-        return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+        return super()._train_epoch(
+            train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress
+        )
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-        Trainer._save_checkpoint(self, epoch, verbose=False, **kwargs)  # the resumable latest state
-        if epoch + 1 != self.epochs or not (self.config["single_spec"] or self.config["local_rank"] == 0):
+        Trainer._save_checkpoint(
+            self, epoch, verbose=False, **kwargs
+        )  # the resumable latest state
+        if epoch + 1 != self.epochs or not (
+            self.config["single_spec"] or self.config["local_rank"] == 0
+        ):
             return
-        folder = self.model.export(self.output_folder(), {
-            "epochs": int(self.epochs),
-            "train_examples_per_epoch": len(self._train_loader.dataset) if self._train_loader else None,
-            "tuning_seconds": round(time.time() - self._started, 1) if self._started else None,
-        })
+        folder = self.model.export(
+            self.output_folder(),
+            {
+                "epochs": int(self.epochs),
+                "train_examples_per_epoch": (
+                    len(self._train_loader.dataset) if self._train_loader else None
+                ),
+                "tuning_seconds": (
+                    round(time.time() - self._started, 1) if self._started else None
+                ),
+            },
+        )
         self.snapshots.append(folder)
         if verbose:
             self.logger.info(set_color("Saving tuned encoder", "blue") + f": {folder}")
@@ -60,12 +74,21 @@ class PromptLoRATrainer(Trainer):
         if not is_unset(self.config["adapter_dir"]):
             return str(self.config["adapter_dir"])
         suffix = "-head" if self.config["xc_train_part"] == "head" else ""
-        return os.path.join(self.checkpoint_dir, f"{self.config['model']}-{self.config['dataset']}{suffix}")
+        return os.path.join(
+            self.checkpoint_dir,
+            f"{self.config['model']}-{self.config['dataset']}{suffix}",
+        )
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         super()._save_checkpoint(epoch, verbose=verbose, **kwargs)
         if self.config["single_spec"] or self.config["local_rank"] == 0:
-            folder = self.model.export(self.output_folder(), {"dataset": self.config["dataset"], "epoch": epoch + 1,
-                                                              "best_valid_score": float(self.best_valid_score)})
+            folder = self.model.export(
+                self.output_folder(),
+                {
+                    "dataset": self.config["dataset"],
+                    "epoch": epoch + 1,
+                    "best_valid_score": float(self.best_valid_score),
+                },
+            )
             if verbose:
                 self.logger.info(set_color("Saving adapter", "blue") + f": {folder}")

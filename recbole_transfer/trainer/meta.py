@@ -22,6 +22,7 @@ an Adam optimizer of their own).
 the n target and n source losses. Validation and test are RecBole's full ranking on the target. An epoch is one
 pass over the target's training loader; its last (len % n) batches, reshuffled each epoch, wait for the next one.
 """
+
 import time
 
 import torch
@@ -52,38 +53,79 @@ def domain_loss(model, params, interaction, domain):
     """The loss of ``model`` on a batch of ``domain`` with the parameters ``params`` ({name: tensor}; names not in
     it keep the model's own)."""
     wrapper = _DomainLoss(model)
-    return torch.func.functional_call(wrapper, {f"model.{k}": v for k, v in params.items()}, (interaction, domain))
+    return torch.func.functional_call(
+        wrapper, {f"model.{k}": v for k, v in params.items()}, (interaction, domain)
+    )
 
 
 def adapt(model, params, names, interaction, domain, steps, lr, first_order=False):
     """phi: ``steps`` SGD steps of lr ``lr`` on the batch from ``params``, over the parameters ``names``. With
-    ``first_order`` the inner gradients are constants (no graph back through them). Returns (phi, first gradients)."""
+    ``first_order`` the inner gradients are constants (no graph back through them). Returns (phi, first gradients).
+    """
     fast = dict(params)
     first_grads = None
     for _ in range(steps):
         loss = domain_loss(model, fast, interaction, domain)
-        grads = torch.autograd.grad(loss, [fast[n] for n in names], create_graph=not first_order, allow_unused=True)
+        grads = torch.autograd.grad(
+            loss,
+            [fast[n] for n in names],
+            create_graph=not first_order,
+            allow_unused=True,
+        )
         if first_grads is None:
-            first_grads = {n: None if g is None else g.detach() for n, g in zip(names, grads)}
-        fast.update({n: fast[n] - lr * (g.detach() if first_order else g) for n, g in zip(names, grads) if g is not None})
+            first_grads = {
+                n: None if g is None else g.detach() for n, g in zip(names, grads)
+            }
+        fast.update(
+            {
+                n: fast[n] - lr * (g.detach() if first_order else g)
+                for n, g in zip(names, grads)
+                if g is not None
+            }
+        )
     return fast, first_grads
 
 
-def meta_gradient(model, params, shared_names, source_names, source_batch, domain, target_batch, steps, lr,
-                  first_order=False):
+def meta_gradient(
+    model,
+    params,
+    shared_names,
+    source_names,
+    source_batch,
+    domain,
+    target_batch,
+    steps,
+    lr,
+    first_order=False,
+):
     """(g = d L_tgt(phi) / d theta over ``shared_names``, theta - phi, target loss, phi, first inner gradients) for one
     (source, target) pair."""
-    phi, first_grads = adapt(model, params, shared_names + source_names, source_batch, domain, steps, lr, first_order)
+    phi, first_grads = adapt(
+        model,
+        params,
+        shared_names + source_names,
+        source_batch,
+        domain,
+        steps,
+        lr,
+        first_order,
+    )
     outer = domain_loss(model, phi, target_batch, TARGET_DOMAIN)
-    grads = torch.autograd.grad(outer, [params[n] for n in shared_names], allow_unused=True)
-    grads = {n: torch.zeros_like(params[n]) if g is None else g for n, g in zip(shared_names, grads)}
+    grads = torch.autograd.grad(
+        outer, [params[n] for n in shared_names], allow_unused=True
+    )
+    grads = {
+        n: torch.zeros_like(params[n]) if g is None else g
+        for n, g in zip(shared_names, grads)
+    }
     steps_taken = {n: (params[n] - phi[n]).detach() for n in shared_names}
     return grads, steps_taken, outer.detach(), phi, first_grads
 
 
 def rescaling_weights(meta_grads, source_steps, tau, rescale=True):
     """{name: [n] weights} from n tasks' meta-gradients and source steps (lists of {name: tensor}): softmax over the
-    tasks of cos(g_i[p], step_i[p]) / tau per parameter tensor p, or 1 / n each without ``rescale``."""
+    tasks of cos(g_i[p], step_i[p]) / tau per parameter tensor p, or 1 / n each without ``rescale``.
+    """
     n = len(meta_grads)
     weights = {}
     for name in meta_grads[0]:
@@ -92,7 +134,9 @@ def rescaling_weights(meta_grads, source_steps, tau, rescale=True):
             continue
         grads = torch.stack([g[name].flatten() for g in meta_grads])
         steps = torch.stack([s[name].flatten() for s in source_steps])
-        weights[name] = torch.softmax(F.cosine_similarity(grads, steps, dim=1) / tau, dim=0)
+        weights[name] = torch.softmax(
+            F.cosine_similarity(grads, steps, dim=1) / tau, dim=0
+        )
     return weights
 
 
@@ -100,7 +144,9 @@ class MetaTrainer(Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         if config["transfer"] not in TRANSFERS:
-            raise UserInputError(f"transfer must be one of {', '.join(TRANSFERS)}; got '{config['transfer']}'")
+            raise UserInputError(
+                f"transfer must be one of {', '.join(TRANSFERS)}; got '{config['transfer']}'"
+            )
         self.transfer = config["transfer"]
         self.n_tasks = int(config["meta_tasks"])
         self.inner_steps = int(config["inner_steps"])
@@ -112,15 +158,29 @@ class MetaTrainer(Trainer):
         if self.n_tasks < 1 or self.inner_steps < 1:
             raise UserInputError("meta_tasks and inner_steps must be at least 1")
         named = dict(model.named_parameters())
-        self.shared_names = [n for n, p in named.items() if p.requires_grad and not model.is_source_parameter(n)]
+        self.shared_names = [
+            n
+            for n, p in named.items()
+            if p.requires_grad and not model.is_source_parameter(n)
+        ]
         source_params = [p for n, p in named.items() if model.is_source_parameter(n)]
         # RecBole's optimizer takes the shared parameters only: the source tables have their own
-        self.optimizer = self._build_optimizer(params=[named[n] for n in self.shared_names])
-        self.source_optimizer = torch.optim.Adam(source_params, lr=self.learning_rate) if source_params else None
+        self.optimizer = self._build_optimizer(
+            params=[named[n] for n in self.shared_names]
+        )
+        self.source_optimizer = (
+            torch.optim.Adam(source_params, lr=self.learning_rate)
+            if source_params
+            else None
+        )
         self.distributed = not config["single_spec"]
         # each rank draws its own sources and source rows (with one process: the seed itself)
-        self.generator = torch.Generator().manual_seed(int(config["seed"]) + int(config["local_rank"] or 0))
-        self.iteration_seconds = []  # wall time of every iteration (meta or joint), for the benchmark
+        self.generator = torch.Generator().manual_seed(
+            int(config["seed"]) + int(config["local_rank"] or 0)
+        )
+        self.iteration_seconds = (
+            []
+        )  # wall time of every iteration (meta or joint), for the benchmark
 
     def _sample_domains(self, n_sources):
         if n_sources == 0:
@@ -132,7 +192,9 @@ class MetaTrainer(Trainer):
         return [int(i) + 1 for i in order]
 
     def _source_batch(self, source):
-        rows = torch.randint(len(source.interaction), (self.source_batch_size,), generator=self.generator)
+        rows = torch.randint(
+            len(source.interaction), (self.source_batch_size,), generator=self.generator
+        )
         return source.interaction[rows].to(self.device)
 
     def _set_source_grads(self, grads_by_domain):
@@ -140,24 +202,38 @@ class MetaTrainer(Trainer):
         for grads in grads_by_domain:
             for name, grad in grads.items():
                 if grad is not None and self.model.is_source_parameter(name):
-                    params[name].grad = grad if params[name].grad is None else params[name].grad + grad
+                    params[name].grad = (
+                        grad if params[name].grad is None else params[name].grad + grad
+                    )
 
     def _average_gradients_over_ranks(self):
         """Data-parallel training: every rank ends with the mean of the ranks' gradients. A parameter no rank has a
-        gradient for (a source nobody sampled) keeps none, so Adam leaves it alone as it would in one process."""
+        gradient for (a source nobody sampled) keeps none, so Adam leaves it alone as it would in one process.
+        """
         if not self.distributed:
             return
         import torch.distributed as dist
 
         params = [p for p in self.model.parameters() if p.requires_grad]
-        present = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=self.device)
+        present = torch.tensor(
+            [p.grad is not None for p in params],
+            dtype=torch.float32,
+            device=self.device,
+        )
         dist.all_reduce(present)
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+        flat = torch.cat(
+            [
+                (p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+                for p in params
+            ]
+        )
         dist.all_reduce(flat)
         flat /= dist.get_world_size()
         offset = 0
         for p, used in zip(params, present.tolist()):
-            p.grad = flat[offset: offset + p.numel()].view_as(p).clone() if used else None
+            p.grad = (
+                flat[offset : offset + p.numel()].view_as(p).clone() if used else None
+            )
             offset += p.numel()
 
     def _apply_gradients(self):
@@ -179,8 +255,16 @@ class MetaTrainer(Trainer):
         for target_batch, domain in zip(target_batches, domains):
             source_names = self.model.source_parameter_names(domain)
             grads, steps, loss, _, first = meta_gradient(
-                self.model, params, self.shared_names, source_names, self._source_batch(sources[domain - 1]),
-                domain, target_batch, self.inner_steps, self.inner_lr, self.first_order,
+                self.model,
+                params,
+                self.shared_names,
+                source_names,
+                self._source_batch(sources[domain - 1]),
+                domain,
+                target_batch,
+                self.inner_steps,
+                self.inner_lr,
+                self.first_order,
             )
             meta_grads.append(grads)
             source_steps.append(steps)
@@ -189,7 +273,9 @@ class MetaTrainer(Trainer):
         weights = rescaling_weights(meta_grads, source_steps, self.tau, self.rescale)
         self._zero_grad()
         for name in self.shared_names:
-            params[name].grad = sum(w * g[name] for w, g in zip(weights[name], meta_grads))
+            params[name].grad = sum(
+                w * g[name] for w, g in zip(weights[name], meta_grads)
+            )
         self._set_source_grads(first_grads)
         self._apply_gradients()
         return torch.stack(losses).mean()
@@ -200,7 +286,9 @@ class MetaTrainer(Trainer):
         losses = []
         for target_batch, domain in zip(target_batches, domains):
             losses.append(self.model.domain_loss(target_batch, TARGET_DOMAIN))
-            losses.append(self.model.domain_loss(self._source_batch(sources[domain - 1]), domain))
+            losses.append(
+                self.model.domain_loss(self._source_batch(sources[domain - 1]), domain)
+            )
         loss = torch.stack(losses).mean()
         loss.backward()
         self._apply_gradients()
@@ -208,15 +296,25 @@ class MetaTrainer(Trainer):
 
     def _clip(self):
         if self.clip_grad_norm:
-            nn.utils.clip_grad_norm_([p for n, p in self.model.named_parameters() if n in self.shared_names],
-                                     **self.clip_grad_norm)
+            nn.utils.clip_grad_norm_(
+                [p for n, p in self.model.named_parameters() if n in self.shared_names],
+                **self.clip_grad_norm,
+            )
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self.model.train()
         sources = train_data._dataset.sources
         step = self.meta_step if self.transfer == "meta" else self.joint_step
         n_iterations = len(train_data) // self.n_tasks
-        progress = tqdm(total=n_iterations, ncols=100, desc=set_color(f"Train {epoch_idx:>5}", "pink")) if show_progress else None
+        progress = (
+            tqdm(
+                total=n_iterations,
+                ncols=100,
+                desc=set_color(f"Train {epoch_idx:>5}", "pink"),
+            )
+            if show_progress
+            else None
+        )
         total, batches = 0.0, []
         for interaction in train_data:
             batches.append(interaction.to(self.device))
@@ -230,7 +328,9 @@ class MetaTrainer(Trainer):
             batches = []
             if progress is not None:
                 progress.update()
-                progress.set_postfix_str(set_color(f"loss: {loss.item():.4f}", "yellow"))
+                progress.set_postfix_str(
+                    set_color(f"loss: {loss.item():.4f}", "yellow")
+                )
         if progress is not None:
             progress.close()
         return total
