@@ -3,7 +3,7 @@
     python run_recbole_transfer.py --model=SASRec --dataset=Scientific [--config_files="a.yaml b.yaml"] [--key=value ...]
 
 ``--nproc=N`` trains with N processes through torch.distributed (NCCL on GPUs, gloo on CPU).
-``--pretrain_datasets=A,B`` first runs the model's pretrain stage on A and B merged, then fine-tunes on --dataset
+``--source_datasets=A,B`` with UniSRec first runs its pretrain stage on A and B merged, then fine-tunes on --dataset
 from that checkpoint (the other --key=value pairs apply to both stages; train_stage to the fine-tuning one).
 ``--hyper=FILE.hyper`` sweeps that space instead of training once (``--tool=hyperopt|ray``, ``--algo``,
 ``--max_evals``); the --key=value pairs are fixed for every trial. Results: ``--hyper_output`` (.md and .json).
@@ -40,11 +40,6 @@ def main(argv=None):
     parser.add_argument("--port", default="5678", help="port of the rank-0 node")
     parser.add_argument(
         "--group_offset", type=int, default=0, help="rank offset of this node"
-    )
-    parser.add_argument(
-        "--pretrain_datasets",
-        default=None,
-        help="pretrain on these datasets (A,B,...) first, then fine-tune on --dataset",
     )
     parser.add_argument(
         "--hyper",
@@ -89,7 +84,11 @@ def main(argv=None):
     from recbole_transfer.config import parse_cli_overrides
     from recbole_transfer.errors import UserInputError
     from recbole_transfer.hyper import run_hyper
-    from recbole_transfer.quick_start import run, run_pretrain_then_finetune
+    from recbole_transfer.quick_start import (
+        pretrains_on_sources,
+        run,
+        run_pretrain_then_finetune,
+    )
 
     config_files = (
         args.config_files.replace(",", " ").split() if args.config_files else None
@@ -102,10 +101,13 @@ def main(argv=None):
         group_offset=args.group_offset,
     )
     try:
-        if args.hyper and (args.nproc != 1 or args.pretrain_datasets):
+        cli = parse_cli_overrides(overrides)
+        # UniSRec with source_datasets: pretrain on them first (other models read source_datasets themselves)
+        recipe = "source_datasets" in cli and pretrains_on_sources(args.model)
+        if args.hyper and (args.nproc != 1 or recipe):
             raise UserInputError(
                 "--hyper runs every trial in one process on one dataset; drop --nproc and "
-                "--pretrain_datasets"
+                "--source_datasets"
             )
         if args.hyper:
             # the overrides go to every trial through config_dict; RecBole's Config must not read them again
@@ -118,7 +120,7 @@ def main(argv=None):
                 algo=args.algo,
                 max_evals=args.max_evals,
                 config_file_list=config_files,
-                config_dict=parse_cli_overrides(overrides),
+                config_dict=cli,
                 output=args.hyper_output,
                 cpus_per_trial=args.cpus_per_trial,
                 gpus_per_trial=args.gpus_per_trial,
@@ -128,15 +130,20 @@ def main(argv=None):
                 f"{summary['best_valid_score']:.4f})"
             )
             print(f"results: {' and '.join(summary['files'])}")
-        elif args.pretrain_datasets:
+        elif recipe:
             # both stages get the overrides through config_dict, so each stage can set its own train_stage
             sys.argv = [sys.argv[0]]
+            # "A,B" or "['A','B']" (RecBole's list spelling)
+            sources = [
+                name.strip(" '\"")
+                for name in cli.pop("source_datasets").strip("[] ").split(",")
+            ]
             run_pretrain_then_finetune(
                 args.model,
                 args.dataset,
-                args.pretrain_datasets,
+                sources,
                 config_file_list=config_files,
-                config_dict=parse_cli_overrides(overrides),
+                config_dict=cli,
                 **distributed,
             )
         else:

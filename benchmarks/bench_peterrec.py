@@ -97,7 +97,7 @@ def main():
             pretrain = dict(common, causal=causal)
             if args.pretrain_epochs is not None:
                 pretrain["epochs"] = args.pretrain_epochs
-            result = fit_and_measure("PeterRec", task["source_dataset"], pretrain)
+            result = fit_and_measure("PeterRec", task["source_datasets"][0], pretrain)
             state[key] = {
                 "checkpoint": result["checkpoint"],
                 "test": result["test"],

@@ -64,7 +64,7 @@ def main():
     )
     args, overrides = parser.parse_known_args()
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from recbole_transfer.compat import atomic_write_text
+    from recbole_transfer.utils import atomic_write_text
     from recbole_transfer.config import parse_cli_overrides
 
     common = parse_cli_overrides(overrides)
@@ -147,7 +147,7 @@ def main():
                 f"PromptLoRA on {source}", "PromptLoRA", source, {"adapter_dir": folder}
             )
 
-    xcross = {"xcross_sources": [adapters[s] for s in sources]}
+    xcross = {"source_datasets": sources, "source_adapter_dir": adapter_root}
     if "baselines" in parts:
         zero_shot = {
             s: row(

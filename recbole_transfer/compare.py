@@ -17,7 +17,7 @@ import os
 import sys
 from datetime import date
 
-from recbole_transfer.compat import atomic_write, atomic_write_text
+from recbole_transfer.utils import atomic_write, atomic_write_text
 from recbole_transfer.errors import UserInputError
 
 FIXED_COLUMNS = [

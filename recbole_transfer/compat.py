@@ -5,10 +5,11 @@ Nothing else in the package modifies a third-party object.
 """
 
 import os
-import tempfile
 
 import numpy as np
 import torch
+
+from recbole_transfer.utils import atomic_torch_save
 
 _APPLIED = False
 
@@ -61,42 +62,6 @@ def plain_config(config):
     return {str(k): plain(v) for k, v in source.items()}
 
 
-def current_umask():
-    """The process umask (reading it means setting it, so it is set back at once)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-def atomic_write(path, write, suffix=""):
-    """``write(tmp_path)`` into a temporary file in the same folder, then rename: an interrupted write never leaves
-    half a file at ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp creates 0600 files; give the result the mode a plain open() would (0666 minus the umask)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_torch_save(obj, path):
-    atomic_write(path, lambda tmp: torch.save(obj, tmp), suffix=".pth")
-
-
-def atomic_write_text(path, text):
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    atomic_write(path, write)
-
-
 def _safe_save_checkpoint(self, epoch, verbose=True, **kwargs):
     """torch >= 2.6 loads with ``weights_only=True`` by default, and RecBole pickles its Config object into every
     checkpoint, so its own ``evaluate(load_best_model=True)`` and ``resume_checkpoint`` fail. Saving only tensors
@@ -124,11 +89,6 @@ def _safe_save_checkpoint(self, epoch, verbose=True, **kwargs):
     atomic_torch_save(state, saved_model_file)
     if verbose:
         self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
-
-
-def load_checkpoint(path, map_location="cpu"):
-    """Load a checkpoint written by this plugin (safe mode: tensors and plain values only)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def ddp_ignore_buffers(module, names):

@@ -5,28 +5,37 @@ of the models M names in ``yaml_bases``) ->
 properties/dataset/<D>.yaml -> user config files -> config_dict -> command line.
 """
 
-import copy
 import os
 import sys
 
+import yaml
 from recbole.config import Config as RecBoleConfig
 
 from recbole_transfer import compat, registry
+from recbole_transfer.data.folders import (
+    RECBOLE_BUILTIN_DATASETS,
+    has_dataset,
+    recbole_example_data,
+    unknown_dataset,
+)
 from recbole_transfer.errors import UserInputError
+from recbole_transfer.utils import dataset_names, is_unset
 
 PACKAGE_ROOT = os.path.dirname(os.path.abspath(__file__))
+# the shipped yaml defaults, datasets and checkpoints sit beside the package
 REPO_ROOT = os.path.dirname(PACKAGE_ROOT)
 PROPERTIES_DIR = os.path.join(REPO_ROOT, "properties")
 DATASET_DIR = os.path.join(REPO_ROOT, "dataset")
-# datasets RecBole itself ships (read from the installed package, never copied)
-RECBOLE_BUILTIN_DATASETS = ("ml-100k",)
+PRETRAINED_DIR = os.path.join(REPO_ROOT, "pretrained")
+# keys that one name (source_datasets) replaced
+RENAMED_KEYS = {
+    "source_dataset": "source_datasets",
+    "xcross_sources": "source_datasets",
+    "pretrain_datasets": "source_datasets",
+}
 
 
 class ConfigError(UserInputError):
-    pass
-
-
-class UnknownDatasetError(UserInputError):
     pass
 
 
@@ -53,70 +62,38 @@ def parse_cli_overrides(args):
     return parsed
 
 
-def is_unset(value):
-    """Whether a path-like config value means "nothing" (None, '', none, null, ~)."""
-    return value is None or str(value).strip().lower() in ("", "none", "~", "null")
+def shipped_domain_groups(properties_dir=PROPERTIES_DIR):
+    """``{dataset: domain_group}`` read from the shipped dataset yamls that name one."""
+    groups = {}
+    folder = os.path.join(properties_dir, "dataset")
+    for file in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if file.endswith(".yaml"):
+            with open(os.path.join(folder, file), encoding="utf-8") as f:
+                group = (yaml.safe_load(f) or {}).get("domain_group")
+            if group:
+                groups[file[: -len(".yaml")]] = str(group)
+    return groups
 
 
-def find_path(path, folder=False):
-    """``path`` as given (relative to the working directory) or else relative to the repository; None if neither
-    exists (as a folder when ``folder``, else as a file)."""
-    exists = os.path.isdir if folder else os.path.isfile
-    for candidate in (str(path), os.path.join(REPO_ROOT, str(path))):
-        if exists(candidate):
-            return candidate
-    return None
-
-
-def dataset_names(dataset):
-    """``'A,B,C'`` -> ``['A', 'B', 'C']`` (several names mean a multi-domain merge)."""
-    return [name.strip() for name in str(dataset).split(",") if name.strip()]
-
-
-def recbole_example_data():
-    """The folder inside the installed recbole package that holds its example datasets (ml-100k)."""
-    import recbole
-
-    return os.path.join(os.path.dirname(recbole.__file__), "dataset_example")
-
-
-def dataset_folder(name, data_path=DATASET_DIR):
-    """Where dataset ``name`` lives: ``<data_path>/<name>``, or RecBole's copy for its built-in example datasets."""
-    folder = os.path.join(data_path, name)
-    if name in RECBOLE_BUILTIN_DATASETS and not os.path.isfile(
-        os.path.join(folder, f"{name}.inter")
-    ):
-        folder = os.path.join(recbole_example_data(), name)
-    return folder
-
-
-def config_for_dataset(config, name):
-    """A copy of a final ``config`` that reads dataset ``name`` with the same settings (fields, filters, sequence
-    length): for datasets a model loads beside its own (e.g. MetaRec's sources)."""
-    data_root = config["data_root"]
-    folder = dataset_folder(name, data_root)
-    if not os.path.isfile(os.path.join(folder, f"{name}.inter")):
-        known = available_datasets(data_root) + list(RECBOLE_BUILTIN_DATASETS)
-        raise UnknownDatasetError(
-            f"unknown dataset '{name}': no {os.path.join(folder, name + '.inter')}; "
-            f"available: {', '.join(known)}"
-        )
-    other = copy.copy(config)
-    other.dataset = name
-    other.final_config_dict = dict(
-        config.final_config_dict, dataset=name, data_path=folder
-    )
-    return other
-
-
-def available_datasets(data_path=DATASET_DIR):
-    if not os.path.isdir(data_path):
+def default_source_datasets(targets, kind, data_path):
+    """The other datasets of the targets' shipped family that are present under ``data_path`` (``kind`` ``text``:
+    only those with item text), by name; [] when the target belongs to no family."""
+    groups = shipped_domain_groups()
+    families = {groups.get(name) for name in targets} - {None}
+    if len(families) != 1:
         return []
-    return sorted(
+    family = families.pop()
+    return [
         name
-        for name in os.listdir(data_path)
-        if os.path.isfile(os.path.join(data_path, name, f"{name}.inter"))
-    )
+        for name, group in sorted(groups.items())
+        if group == family
+        and name not in targets
+        and has_dataset(data_path, name)
+        and (
+            kind != "text"
+            or os.path.isfile(os.path.join(data_path, name, f"{name}.text"))
+        )
+    ]
 
 
 class Config(RecBoleConfig):
@@ -158,6 +135,11 @@ class Config(RecBoleConfig):
             raise ConfigError(
                 "no dataset given: pass --dataset=NAME (one of dataset/ or ml-100k)"
             )
+        for old, new in RENAMED_KEYS.items():
+            if old in self.external_config_dict:
+                raise ConfigError(
+                    f"'{old}' was renamed: use {new} (a list, e.g. --{new}=\"['A','B']\")"
+                )
         if isinstance(model, str):
             name = registry.resolve_model_name(model)
             return name, registry.get_model_class(name), dataset
@@ -166,6 +148,7 @@ class Config(RecBoleConfig):
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
         self.internal_config_dict["data_path"] = DATASET_DIR
+        self.internal_config_dict["pretrained_dir"] = PRETRAINED_DIR
         # a model's yaml is read over the yamls of the models it extends (``yaml_bases``, e.g. MetaRec on LRURec)
         models = list(getattr(model_class, "yaml_bases", ())) + [model]
         files = [os.path.join(PROPERTIES_DIR, "overall.yaml")]
@@ -199,14 +182,22 @@ class Config(RecBoleConfig):
                         recbole_example_data()
                     )
                 continue
-            if not os.path.isfile(os.path.join(data_root, name, f"{name}.inter")):
-                known = available_datasets(data_root) + list(RECBOLE_BUILTIN_DATASETS)
-                raise UnknownDatasetError(
-                    f"unknown dataset '{name}': no {os.path.join(data_root, name, name + '.inter')}; "
-                    f"available: {', '.join(known)}"
-                )
+            if not has_dataset(data_root, name):
+                raise unknown_dataset(name, data_root)
         super()._set_default_parameters()
         self.final_config_dict["data_root"] = data_root
+        self.final_config_dict["source_datasets"] = self._source_datasets(data_root)
+
+    def _source_datasets(self, data_root):
+        """``source_datasets`` as a list of names. Unset, a model that declares ``default_sources`` (``all`` or
+        ``text``) gets the other datasets of the target's shipped family (never the target itself).
+        """
+        value = self.final_config_dict.get("source_datasets")
+        targets = dataset_names(self.dataset)
+        if is_unset(value) or value == []:
+            kind = getattr(self.model_class, "default_sources", None)
+            return default_source_datasets(targets, kind, data_root) if kind else None
+        return dataset_names(value)
 
     def _init_device(self):
         compat.init_device(self.final_config_dict)

@@ -16,7 +16,7 @@ import os
 import sys
 from datetime import datetime
 
-from recbole_transfer.compat import atomic_write_text
+from recbole_transfer.utils import atomic_write_text
 from recbole_transfer.errors import UserInputError
 
 TOOLS = ("hyperopt", "ray")

@@ -10,18 +10,19 @@ import argparse
 import os
 import sys
 
-from recbole_transfer import compat, registry
+from recbole_transfer import registry
+from recbole_transfer.utils import atomic_torch_save, load_checkpoint
 
 
 def export(src, dst):
-    checkpoint = compat.load_checkpoint(src)
+    checkpoint = load_checkpoint(src)
     model_class = registry.get_model_class(checkpoint["config"]["model"])
     keep = model_class.TRANSFERABLE
     state = {
         k: v for k, v in checkpoint["state_dict"].items() if k.split(".")[0] in keep
     }
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    compat.atomic_torch_save(
+    atomic_torch_save(
         {
             "config": checkpoint["config"],
             "epoch": checkpoint["epoch"],

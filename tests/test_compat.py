@@ -5,7 +5,7 @@ import os
 import numpy as np
 import torch
 
-from recbole_transfer import compat
+from recbole_transfer import compat, utils
 from recbole_transfer.config import Config
 from recbole_transfer.quick_start import build, run, run_recbole_transfer
 
@@ -41,7 +41,7 @@ def test_checkpoint_loads_safely_and_resumes(tiny_root, tmp_path):
         "SASRec", "Scientific", config_dict=_tiny(tiny_root, tmp_path)
     )
     trainer.fit(train, valid, saved=True, show_progress=False)
-    checkpoint = compat.load_checkpoint(trainer.saved_model_file)  # weights_only=True
+    checkpoint = utils.load_checkpoint(trainer.saved_model_file)  # weights_only=True
     assert (
         isinstance(checkpoint["config"], dict)
         and checkpoint["config"]["model"] == "SASRec"
@@ -130,7 +130,7 @@ def test_two_process_gloo_ddp_runs_on_cpu(tiny_root, tmp_path):
 
 
 def test_atomic_save_leaves_a_normally_readable_file(tmp_path):
-    from recbole_transfer.compat import atomic_torch_save
+    from recbole_transfer.utils import atomic_torch_save
 
     path = tmp_path / "sub" / "x.pth"
     atomic_torch_save({"w": torch.ones(2)}, str(path))

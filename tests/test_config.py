@@ -5,12 +5,8 @@ import sys
 import pytest
 
 from recbole_transfer import registry
-from recbole_transfer.config import (
-    Config,
-    ConfigError,
-    UnknownDatasetError,
-    parse_cli_overrides,
-)
+from recbole_transfer.config import Config, ConfigError, parse_cli_overrides
+from recbole_transfer.data.folders import UnknownDatasetError
 from recbole_transfer.registry import UnknownModelError
 
 from conftest import DATASET_DIR

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from conftest import FAST, METAREC_SOURCES, cut_users
+from conftest import FAST, METAREC_SOURCES, REPO, cut_users
 
 from recbole_transfer.quick_start import run
 
@@ -140,10 +140,9 @@ def test_profile_metrics_over_two_ranks_equal_one_process(tmp_path):
     # pads the shards to equal size) give exactly the one-process accuracy and macro-F1 of the same weights
     import torch.multiprocessing as mp
 
-    from recbole_transfer.config import REPO_ROOT
     from recbole_transfer.quick_start import build
 
-    config_files = [f"{REPO_ROOT}/properties/task/ml100k_gender.yaml"]
+    config_files = [f"{REPO}/properties/task/ml100k_gender.yaml"]
     settings = dict(
         FAST,
         hidden_size=16,

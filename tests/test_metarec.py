@@ -285,7 +285,7 @@ def test_source_tables_and_parameter_counts(data_root, tmp_path):
 
 
 def test_bad_source_settings_are_one_line_errors(data_root, tmp_path):
-    from recbole_transfer.config import UnknownDatasetError
+    from recbole_transfer.data.folders import UnknownDatasetError
 
     with pytest.raises(
         UserInputError,

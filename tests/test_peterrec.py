@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import FAST, cut_users
+from conftest import FAST, REPO, cut_users
 
 from recbole_transfer.model.layers import ModelPatch
 from recbole_transfer.model.peterrec import INSERTIONS, ResidualBlock, right_align
@@ -154,13 +154,12 @@ def pretrained(pair_root, tmp_path_factory):
 
 
 def _finetune(pair_root, tmp_path, pretrained, **extra):
-    from recbole_transfer.config import REPO_ROOT
     from recbole_transfer.quick_start import build
 
     return build(
         "PeterRec",
         "ABE_Electronics",
-        config_file_list=[f"{REPO_ROOT}/{TASK}"],
+        config_file_list=[f"{REPO}/{TASK}"],
         config_dict=dict(
             SMALL,
             data_path=str(pair_root),
@@ -268,14 +267,14 @@ def test_profile_labels_align_with_users(tmp_path):
     """ml-100k gender: every training row's label is that user's gender in ml-100k.user."""
     import os
 
-    from recbole_transfer.config import REPO_ROOT, recbole_example_data
+    from recbole_transfer.data.folders import recbole_example_data
     from recbole_transfer.data.dataset import read_atomic
     from recbole_transfer.quick_start import build
 
     config, model, trainer, (train, valid, test) = build(
         "PeterRec",
         "ml-100k",
-        config_file_list=[f"{REPO_ROOT}/properties/task/ml100k_age.yaml"],
+        config_file_list=[f"{REPO}/properties/task/ml100k_age.yaml"],
         config_dict=dict(
             SMALL, finetune_mode="peter_zero", checkpoint_dir=str(tmp_path / "saved")
         ),
@@ -312,13 +311,12 @@ def test_profile_labels_align_with_users(tmp_path):
 
 
 def test_profile_task_trains_and_reports_accuracy(tmp_path):
-    from recbole_transfer.config import REPO_ROOT
     from recbole_transfer.quick_start import build
 
     config, model, trainer, (train, valid, test) = build(
         "PeterRec",
         "ml-100k",
-        config_file_list=[f"{REPO_ROOT}/properties/task/ml100k_gender.yaml"],
+        config_file_list=[f"{REPO}/properties/task/ml100k_gender.yaml"],
         config_dict=dict(
             SMALL, finetune_mode="peter_zero", checkpoint_dir=str(tmp_path / "saved")
         ),

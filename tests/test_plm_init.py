@@ -196,6 +196,7 @@ def test_tuned_encoder_folder(tuned):
 # --- PLM-initialized models ---------------------------------------------------------------------------------------
 def test_item_rows_equal_encoder_vectors(data_root, text_cache, tmp_path, tuned):
     """Row of item token t = the tuned encoder's vector of t's text (alignment through field2id_token)."""
+    from recbole_transfer import plm
     from recbole_transfer.data import text
 
     for name in ("PLMInitSASRec", "PLMInitBERT4Rec"):
@@ -214,9 +215,9 @@ def test_item_rows_equal_encoder_vectors(data_root, text_cache, tmp_path, tuned)
         )
         tokens = dataset.field2id_token["item_id"]
         picks = [1, 7, len(tokens) // 2, len(tokens) - 1]
-        tokenizer, encoder = text.load_plm(tuned)
+        tokenizer, encoder = plm.load_plm(tuned)
         # encoded as the tuning saw items: bt_item_max_length tokens + [CLS] and [SEP]
-        expected = text.encode_texts(
+        expected = plm.encode_texts(
             [texts[tokens[i]] for i in picks],
             tokenizer,
             encoder,
@@ -226,8 +227,8 @@ def test_item_rows_equal_encoder_vectors(data_root, text_cache, tmp_path, tuned)
         assert torch.allclose(
             model.item_embedding.weight[picks].detach(), expected, atol=1e-4
         )
-        vanilla_tokenizer, vanilla = text.load_plm(config["plm_name"])
-        plain = text.encode_texts(
+        vanilla_tokenizer, vanilla = plm.load_plm(config["plm_name"])
+        plain = plm.encode_texts(
             [texts[tokens[i]] for i in picks],
             vanilla_tokenizer,
             vanilla,

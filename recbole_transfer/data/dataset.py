@@ -21,9 +21,11 @@ from recbole.data.dataset import Dataset, SequentialDataset
 from recbole.data.interaction import Interaction
 from recbole.utils import FeatureSource, set_color
 
-from recbole_transfer.config import config_for_dataset, dataset_folder, dataset_names
-from recbole_transfer.errors import UserInputError
 from recbole_transfer.data import text
+from recbole_transfer.data.folders import config_for_dataset, dataset_folder
+from recbole_transfer.errors import UserInputError
+from recbole_transfer.plm import encoder_item_max_length, init_encoder_name
+from recbole_transfer.utils import dataset_names
 
 
 def _rank_zero_first(fn):
@@ -245,14 +247,10 @@ class PLMInitDataset(TextSequentialDataset):
     """Items carry the vectors of the encoder ``init_type`` selects (none: no text is read at all)."""
 
     def text_encoder(self):
-        from recbole_transfer.model.plm_init import init_encoder_name
-
         return init_encoder_name(self.config)
 
     def text_max_length(self):
         """A behavior-tuned encoder encodes items as long as it saw them in tuning."""
-        from recbole_transfer.model.plm_init import encoder_item_max_length
-
         return encoder_item_max_length(
             self.text_encoder(), self.config["plm_max_length"]
         )
@@ -308,8 +306,8 @@ def read_atomic(path, columns):
 
 
 class TargetTaskDataset(Dataset):
-    """A fine-tuning task of a model pretrained on sequences: ``--dataset`` gives the labels, ``source_dataset``
-    the input sequences (each user's history there, by time).
+    """A fine-tuning task of a model pretrained on sequences: ``--dataset`` gives the labels, ``source_datasets``
+    (exactly one) the input sequences (each user's history there, by time).
 
     ``target_task``:
         item     labels = the dataset's items (one row per user-item interaction);
@@ -324,9 +322,11 @@ class TargetTaskDataset(Dataset):
             raise UserInputError(
                 f"target_task must be one of {', '.join(self.TASKS)}; got '{config['target_task']}'"
             )
-        if not config["source_dataset"]:
+        sources = config["source_datasets"] or []
+        if len(sources) != 1:
             raise UserInputError(
-                "fine-tuning needs source_dataset (the dataset whose sequences are the input)"
+                "fine-tuning needs source_datasets with one dataset (whose sequences are the input); "
+                f"got {len(sources)}"
             )
         super().__init__(config)
         self.source_histories = self._read_source_histories()
@@ -347,7 +347,7 @@ class TargetTaskDataset(Dataset):
             self.user_feat = None
 
     def _read_source_histories(self):
-        source = self.config["source_dataset"]
+        source = self.config["source_datasets"][0]
         folder = dataset_folder(source, self.config["data_root"])
         time_field = self.config["TIME_FIELD"]
         frame = read_atomic(

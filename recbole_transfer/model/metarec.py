@@ -29,6 +29,9 @@ TARGET_DOMAIN = (
 
 class MetaRec(LRURec):
     yaml_bases = ("LRURec",)
+    default_sources = (
+        "all"  # ID only: every dataset of the target's family can be a source
+    )
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

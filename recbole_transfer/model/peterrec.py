@@ -27,10 +27,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 
-from recbole_transfer import compat
-from recbole_transfer.config import find_path, is_unset
 from recbole_transfer.errors import UserInputError
 from recbole_transfer.model.layers import ModelPatch
+from recbole_transfer.utils import find_path, is_unset, load_checkpoint
 
 INSERTIONS = ("none", "serial_b", "serial_c", "parallel_d", "parallel_e")
 
@@ -243,7 +242,7 @@ class PeterRec(SequentialRecommender):
         path = find_path(value)
         if path is None:
             raise UserInputError(f"pretrained_path '{value}' not found")
-        checkpoint = compat.load_checkpoint(path)
+        checkpoint = load_checkpoint(path)
         saved = checkpoint.get("config", {}) if isinstance(checkpoint, dict) else {}
         if saved.get("model") != "PeterRec" or saved.get("train_stage") != "pretrain":
             raise UserInputError(

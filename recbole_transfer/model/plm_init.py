@@ -25,90 +25,19 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.sequential_recommender import BERT4Rec, SASRec
 
-from recbole_transfer import compat
-from recbole_transfer.config import dataset_names, find_path, is_unset
-from recbole_transfer.data import text
+from recbole_transfer import plm
 from recbole_transfer.errors import UserInputError
+from recbole_transfer.plm import TUNING_INFO, PLMInitError, read_tuning_info
+from recbole_transfer.utils import (
+    atomic_folder,
+    dataset_names,
+    find_path,
+    is_unset,
+    load_checkpoint,
+)
 
-INIT_TYPES = ("none", "plm", "pretrain", "finetune")
-EMBEDDING_MODES = ("freeze", "trainable", "further_all", "further_emb")
 PROJECTIONS = ("none", "pca")
 TUNINGS = ("lora", "full")
-TUNING_INFO = "behavior_tuning.json"
-
-
-class PLMInitError(UserInputError):
-    pass
-
-
-# --- tuned encoders ---------------------------------------------------------------------------------------------
-def read_tuning_info(folder, key="init_plm_path"):
-    """The ``behavior_tuning.json`` of a tuned-encoder folder; a one-line error when it is not one."""
-    found = find_path(folder, folder=True)
-    if found is None:
-        raise PLMInitError(
-            f"{key} '{folder}' not found (a folder written by --model=BehaviorTuning)"
-        )
-    try:
-        with open(os.path.join(found, TUNING_INFO), encoding="utf-8") as f:
-            info = json.load(f)
-    except (OSError, ValueError):
-        raise PLMInitError(
-            f"{key} '{folder}' is not a behavior-tuned encoder (no readable {TUNING_INFO})"
-        ) from None
-    return found, info
-
-
-def init_encoder_name(config):
-    """The encoder whose item vectors start the item table, or None (random init, or a further-train run that
-    loads its table from a checkpoint). ``pretrain`` must not have seen the target; ``finetune`` must have.
-    """
-    init_type, mode = config["init_type"], config["embedding_mode"]
-    if init_type not in INIT_TYPES:
-        raise PLMInitError(
-            f"init_type must be one of {', '.join(INIT_TYPES)}; got '{init_type}'"
-        )
-    if mode not in EMBEDDING_MODES:
-        raise PLMInitError(
-            f"embedding_mode must be one of {', '.join(EMBEDDING_MODES)}; got '{mode}'"
-        )
-    if mode.startswith("further") or init_type == "none":
-        return None
-    if init_type == "plm":
-        return config["plm_name"]
-    if is_unset(config["init_plm_path"]):
-        raise PLMInitError(
-            f"init_type={init_type} needs init_plm_path (a folder written by --model=BehaviorTuning)"
-        )
-    folder, info = read_tuning_info(config["init_plm_path"])
-    if info.get("plm_pooling", config["plm_pooling"]) != config["plm_pooling"]:
-        raise PLMInitError(
-            f"{folder} was tuned with plm_pooling={info['plm_pooling']}; "
-            f"pass --plm_pooling={info['plm_pooling']}"
-        )
-    targets = set(dataset_names(config["dataset"]))
-    tuned_on = set(info.get("datasets", []))
-    if init_type == "pretrain" and targets & tuned_on:
-        raise PLMInitError(
-            f"init_type=pretrain: {folder} was tuned on {', '.join(sorted(targets & tuned_on))}, the target itself "
-            "(that is init_type=finetune)"
-        )
-    if init_type == "finetune" and not targets <= tuned_on:
-        raise PLMInitError(
-            f"init_type=finetune: {folder} was tuned on {', '.join(sorted(tuned_on))}, not on the target "
-            f"{config['dataset']}"
-        )
-    return folder
-
-
-def encoder_item_max_length(encoder, default):
-    """Token limit for encoding items with ``encoder``: what a behavior-tuned folder saw per item in tuning (item
-    texts there are cut at ``bt_item_max_length``), else ``default``."""
-    info_file = os.path.join(str(encoder), TUNING_INFO)
-    if encoder is None or not os.path.isfile(info_file):
-        return default
-    with open(info_file, encoding="utf-8") as f:
-        return int(json.load(f).get("item_max_length", default))
 
 
 # --- behavior tuning --------------------------------------------------------------------------------------------
@@ -142,7 +71,7 @@ class BehaviorTuning(SequentialRecommender):
         )
 
         # define layers: the encoder, with LoRA adapters when plm_tuning=lora
-        self.tokenizer, encoder = text.load_plm(self.base_name)
+        self.tokenizer, encoder = plm.load_plm(self.base_name)
         if self.tuning == "lora":
             from peft import LoraConfig, get_peft_model
 
@@ -159,7 +88,7 @@ class BehaviorTuning(SequentialRecommender):
             encoder = get_peft_model(encoder, lora)
         self.encoder = encoder.train()
         # every item's text as token ids, once; row 0 is the padding item
-        self.item_tokens = text.ItemTokens(
+        self.item_tokens = plm.ItemTokens(
             self.tokenizer, dataset.item_texts, self.item_max_length
         )
 
@@ -168,14 +97,14 @@ class BehaviorTuning(SequentialRecommender):
         return self.item_tokens.history(history, self.seq_max_length)
 
     def encode(self, token_lists):
-        input_ids, attention_mask = text.pad_batch(token_lists, self.item_tokens.pad_id)
+        input_ids, attention_mask = plm.pad_batch(token_lists, self.item_tokens.pad_id)
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(
             self.device
         )
         hidden = self.encoder(
             input_ids=input_ids, attention_mask=attention_mask
         ).last_hidden_state
-        return text.pool(hidden, attention_mask, self.pooling)
+        return plm.pool(hidden, attention_mask, self.pooling)
 
     def calculate_loss(self, interaction):
         item_seq = interaction[self.ITEM_SEQ].tolist()
@@ -234,7 +163,7 @@ class BehaviorTuning(SequentialRecommender):
             with open(os.path.join(tmp, TUNING_INFO), "w", encoding="utf-8") as f:
                 json.dump(info, f, indent=2)
 
-        text.atomic_folder(write, folder)
+        atomic_folder(write, folder)
         return folder
 
 
@@ -253,9 +182,9 @@ class PLMItemInit:
             and mode.startswith("further")
             and not is_unset(config["pretrained_path"])
         ):
-            saved = compat.load_checkpoint(_checkpoint_path(config))
+            saved = load_checkpoint(_checkpoint_path(config))
             return saved.get("config", {}).get("hidden_size", config["hidden_size"])
-        plm_size = dataset.plm_size or text.plm_hidden_size(config["plm_name"])
+        plm_size = dataset.plm_size or plm.plm_hidden_size(config["plm_name"])
         hidden = config["hidden_size"]
         if hidden is None or str(hidden).lower() == "auto":
             return plm_size
@@ -306,7 +235,7 @@ class PLMItemInit:
 
     def load_freeze_checkpoint(self, config):
         path = _checkpoint_path(config)
-        checkpoint = compat.load_checkpoint(path)
+        checkpoint = load_checkpoint(path)
         saved = checkpoint.get("config", {}) if isinstance(checkpoint, dict) else {}
         model = type(self).__name__
         if saved.get("model") != model:

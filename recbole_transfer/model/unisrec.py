@@ -27,10 +27,10 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.layers import TransformerEncoder
 
 from recbole_transfer import compat
-from recbole_transfer.config import find_path, is_unset
 from recbole_transfer.data.augment import item_drop
 from recbole_transfer.errors import UserInputError
 from recbole_transfer.model.layers import MoEAdaptor, length_buckets
+from recbole_transfer.utils import find_path, is_unset, load_checkpoint
 
 
 class PretrainedCheckpointError(UserInputError):
@@ -38,22 +38,21 @@ class PretrainedCheckpointError(UserInputError):
 
 
 # pretrained by this project on Electronics, Sports, Toys and Tools (pretrained/README.md has the command)
-SHIPPED_CHECKPOINT = os.path.join(
-    "pretrained", "UniSRec-Electronics,Sports,Toys,Tools.pth"
-)
+SHIPPED_CHECKPOINT = "UniSRec-Electronics,Sports,Toys,Tools.pth"
 
 
-def resolve_pretrained_path(value, train_stage):
-    """The checkpoint file to load, or None. ``shipped`` (the yaml default) is the shipped checkpoint for the
-    fine-tuning stages and nothing for pretraining; None / '' / 'none' mean no checkpoint. A relative path is looked
-    up in the working directory first, then in the repository."""
+def resolve_pretrained_path(value, train_stage, pretrained_dir="pretrained"):
+    """The checkpoint file to load, or None. ``shipped`` (the yaml default) is ``SHIPPED_CHECKPOINT`` in
+    ``pretrained_dir`` (the config's folder of shipped checkpoints) for the fine-tuning stages and nothing for
+    pretraining; None / '' / 'none' mean no checkpoint. Any other path is relative to the working directory.
+    """
     if is_unset(value):
         return None
     path = str(value)
     if path == "shipped":
         if train_stage == "pretrain":
             return None
-        path = SHIPPED_CHECKPOINT
+        path = os.path.join(pretrained_dir, SHIPPED_CHECKPOINT)
     found = find_path(path)
     if found is None:
         raise PretrainedCheckpointError(f"pretrained_path '{path}' not found")
@@ -61,6 +60,7 @@ def resolve_pretrained_path(value, train_stage):
 
 
 class UniSRec(SequentialRecommender):
+    source_stage = "pretrain"  # source_datasets are what this stage trains on (the runner runs it first)
     STAGES = ("pretrain", "inductive_ft", "transductive_ft")
     # weights that transfer between stages and domains (the text tables and the ID table do not)
     TRANSFERABLE = ("position_embedding", "LayerNorm", "trm_encoder", "moe_adaptor")
@@ -145,7 +145,7 @@ class UniSRec(SequentialRecommender):
         # parameters initialization
         self.apply(self._init_weights)
         self.pretrained_path = resolve_pretrained_path(
-            config["pretrained_path"], self.train_stage
+            config["pretrained_path"], self.train_stage, config["pretrained_dir"]
         )
         if self.pretrained_path is not None:
             self.load_pretrained(self.pretrained_path)
@@ -173,7 +173,7 @@ class UniSRec(SequentialRecommender):
         }
 
     def load_pretrained(self, path):
-        checkpoint = compat.load_checkpoint(path)
+        checkpoint = load_checkpoint(path)
         saved_config = (
             checkpoint.get("config", {}) if isinstance(checkpoint, dict) else {}
         )

@@ -14,10 +14,11 @@ sets (``mode: pop29`` = the paper's 30 choices) or ``full_sort_predict`` (one pr
 on the target" baseline. ``init_adapter`` starts from a saved one (``export``): zero-shot evaluation of a source,
 or with ``xc_train_part: head`` the Pooler+Scorer baseline (adapter frozen).
 
-``XCross``: the source adapters (``xcross_sources``, frozen) loaded into one peft model. Every source runs every
-layer with its own adapter on its own hidden states; after each of the top ``xcross_layers`` layers an integrator
-per layer mixes them (DESIGN §5): omega^l = W^l [h_1; ...; h_n] (per token, W^l of 2n(n-1) x n*d, no bias), split
-into scales omega_{m,j} and interaction weights omega'_{m,j} (j != m), and
+``XCross``: the source adapters (``<source_adapter_dir>/PromptLoRA-<source>`` for each of ``source_datasets``,
+frozen) loaded into one peft model. Every source runs every layer with its own adapter on its own hidden states;
+after each of the top ``xcross_layers`` layers an integrator per layer mixes them: omega^l = W^l [h_1; ...; h_n]
+(per token, W^l of 2n(n-1) x n*d, no bias), split into scales omega_{m,j} and interaction weights omega'_{m,j}
+(j != m), and
     h~_m = h_m + alpha sum_{j!=m} omega_{m,j} h_j + beta sum_{j!=m} omega'_{m,j} (h_m - h_j)
 (negative weights allowed, no softmax); the next layer reads h~_m. The output is sum_m w_m h~_m (w learnable), then
 pooler and scorer. Trainable: the integrators, w, pooler, scorer. All sources run in one batch: peft's per-row
@@ -33,9 +34,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 
-from recbole_transfer.config import find_path, is_unset
-from recbole_transfer.data import text
+from recbole_transfer import plm
 from recbole_transfer.errors import UserInputError
+from recbole_transfer.utils import atomic_folder, find_path, is_unset
 
 HEAD_FILE = "prompt_head.pt"
 INFO_FILE = "prompt_lora.json"
@@ -96,7 +97,7 @@ def adapter_per_row(module, adapter_names):
 
 def check_pooling(folder, pooling):
     """A saved head was trained on one pooling and scores nothing sensible on another."""
-    saved = text.read_json(os.path.join(folder, INFO_FILE)).get(
+    saved = plm.read_json(os.path.join(folder, INFO_FILE)).get(
         "xc_pooling", "cls"
     )  # older folders: cls
     if saved != pooling:
@@ -119,6 +120,37 @@ def _adapter_folder(path):
             f"{path} is not a PromptLoRA folder (no {HEAD_FILE}); write one with PromptLoRA.export"
         )
     return found
+
+
+def source_adapter_folders(config):
+    """The PromptLoRA folder of each of ``source_datasets``: ``<source_adapter_dir>/PromptLoRA-<source>``
+    (``source_adapter_dir`` unset: ``checkpoint_dir``, where ``--model=PromptLoRA --dataset=<source>`` exports).
+    """
+    names = config["source_datasets"] or []
+    if len(names) < 2:
+        raise XCrossError(
+            "XCross needs source_datasets with at least two source domains, e.g. "
+            "--source_datasets=\"['Sports','Electronics']\""
+        )
+    if config["dataset"] in names:
+        raise XCrossError(
+            f"source_datasets must not include the target dataset '{config['dataset']}'"
+        )
+    root = (
+        config["checkpoint_dir"]
+        if is_unset(config["source_adapter_dir"])
+        else config["source_adapter_dir"]
+    )
+    folders = []
+    for name in names:
+        folder = os.path.join(str(root), f"PromptLoRA-{name}")
+        if not os.path.isdir(folder):
+            raise XCrossError(
+                f"no adapter for source {name}: {folder} not found "
+                f"(train it with --model=PromptLoRA --dataset={name})"
+            )
+        folders.append(_adapter_folder(folder))
+    return folders
 
 
 class PromptRecommender(SequentialRecommender):
@@ -146,7 +178,7 @@ class PromptRecommender(SequentialRecommender):
         self.generator = torch.Generator().manual_seed(int(config["seed"]))
 
     def init_tokens(self, tokenizer, dataset, config):
-        self.item_tokens = text.ItemTokens(
+        self.item_tokens = plm.ItemTokens(
             tokenizer, dataset.item_texts, int(config["xc_title_tokens"])
         )
 
@@ -179,7 +211,7 @@ class PromptRecommender(SequentialRecommender):
     def score_prompts(self, token_lists):
         scores = []
         for start in range(0, len(token_lists), self.score_batch_size):
-            input_ids, attention_mask = text.pad_batch(
+            input_ids, attention_mask = plm.pad_batch(
                 token_lists[start : start + self.score_batch_size],
                 self.item_tokens.pad_id,
             )
@@ -242,8 +274,8 @@ class PromptLoRA(PromptRecommender):
         )
 
         # define layers: the language model with one LoRA adapter, and the head
-        tokenizer, base = text.load_plm(
-            text.adapter_base(init) if init else config["plm_name"]
+        tokenizer, base = plm.load_plm(
+            plm.adapter_base(init) if init else config["plm_name"]
         )
         self.init_tokens(tokenizer, dataset, config)
         if init:
@@ -265,7 +297,7 @@ class PromptLoRA(PromptRecommender):
         self.head = PromptHead(base.config.hidden_size)
         if init:
             load_head(self.head, init, self.pooling)
-        self.base_name = text.adapter_base(init) if init else config["plm_name"]
+        self.base_name = plm.adapter_base(init) if init else config["plm_name"]
 
     def score(self, input_ids, attention_mask):
         hidden = self.encoder(
@@ -283,7 +315,7 @@ class PromptLoRA(PromptRecommender):
             with open(os.path.join(tmp, INFO_FILE), "w", encoding="utf-8") as f:
                 json.dump(info, f, indent=1)
 
-        text.atomic_folder(write, folder)
+        atomic_folder(write, folder)
         return folder
 
 
@@ -295,13 +327,11 @@ class XCross(PromptRecommender):
         from peft import PeftModel
 
         # load parameters info
-        sources = [_adapter_folder(path) for path in (config["xcross_sources"] or [])]
-        if len(sources) < 2:
-            raise XCrossError("xcross_sources needs at least two PromptLoRA folders")
-        bases = {text.adapter_base(path) for path in sources}
+        sources = source_adapter_folders(config)
+        bases = {plm.adapter_base(path) for path in sources}
         if len(bases) != 1:
             raise XCrossError(
-                f"xcross_sources were tuned from different language models: {', '.join(sorted(bases))}"
+                f"the source adapters were tuned from different language models: {', '.join(sorted(bases))}"
             )
         self.n_sources = len(sources)
         self.alpha = float(config["xcross_alpha"])
@@ -309,7 +339,7 @@ class XCross(PromptRecommender):
         head_source = int(config["xcross_head_source"])
 
         # define layers: one peft model holding every source adapter, frozen
-        tokenizer, base = text.load_plm(bases.pop())
+        tokenizer, base = plm.load_plm(bases.pop())
         self.init_tokens(tokenizer, dataset, config)
         self.adapter_names = [f"source{m}" for m in range(self.n_sources)]
         self.encoder = PeftModel.from_pretrained(

@@ -11,6 +11,8 @@ from collections import OrderedDict
 import torch
 from recbole.trainer import Trainer
 
+from recbole_transfer.utils import load_checkpoint
+
 
 def accuracy_and_macro_f1(predicted, label, n_classes):
     """Share of correct predictions and the unweighted mean of per-class F1 over the classes present in either."""
@@ -56,9 +58,7 @@ class TargetTaskTrainer(Trainer):
         if not eval_data:
             return None
         if load_best_model:
-            from recbole_transfer import compat
-
-            checkpoint = compat.load_checkpoint(
+            checkpoint = load_checkpoint(
                 model_file or self.saved_model_file, map_location=self.device
             )
             self.model.load_state_dict(checkpoint["state_dict"])

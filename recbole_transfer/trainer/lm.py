@@ -14,8 +14,8 @@ import time
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
-from recbole_transfer.config import is_unset
 from recbole_transfer.trainer.pretrain import PretrainTrainer
+from recbole_transfer.utils import is_unset
 
 
 class BehaviorTuningTrainer(PretrainTrainer):

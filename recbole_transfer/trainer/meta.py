@@ -184,7 +184,10 @@ class MetaTrainer(Trainer):
 
     def _sample_domains(self, n_sources):
         if n_sources == 0:
-            raise UserInputError("MetaRec needs at least one entry in source_datasets")
+            raise UserInputError(
+                "MetaRec needs source_datasets (the target has no shipped family to take them from): "
+                "pass --source_datasets=\"['A','B']\""
+            )
         if self.n_tasks <= n_sources:
             order = torch.randperm(n_sources, generator=self.generator)[: self.n_tasks]
         else:

@@ -11,6 +11,8 @@ import torch
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
+from recbole_transfer.utils import load_checkpoint
+
 
 class PretrainTrainer(Trainer):
     evaluates = (
@@ -45,9 +47,7 @@ class PretrainTrainer(Trainer):
 
     def resume_checkpoint(self, resume_file):
         super().resume_checkpoint(resume_file)
-        from recbole_transfer import compat
-
-        checkpoint = compat.load_checkpoint(resume_file)
+        checkpoint = load_checkpoint(resume_file)
         self._pending_rng = {
             k: v for k, v in checkpoint.items() if k.startswith("rng_")
         }
