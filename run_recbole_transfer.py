@@ -13,10 +13,33 @@ import argparse
 import sys
 
 
+def help_epilog():
+    """The models and the datasets found, for --help (importing the package costs seconds: --help only)."""
+    from recbole_transfer.config import DATASET_DIR
+    from recbole_transfer.data.folders import (
+        RECBOLE_BUILTIN_DATASETS,
+        available_datasets,
+    )
+    from recbole_transfer.registry import models_summary
+
+    datasets = available_datasets(DATASET_DIR) + list(RECBOLE_BUILTIN_DATASETS)
+    lines = ["models (--model, case-insensitive):"] + [
+        f"  {line}" for line in models_summary()
+    ]
+    lines += [
+        f"datasets (--dataset; shipped in {DATASET_DIR}):",
+        f"  {', '.join(datasets)}",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    wants_help = any(arg in ("-h", "--help") for arg in argv)
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__,
+        epilog=help_epilog() if wants_help else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--model", "-m", required=True, help="plugin or RecBole model name"
@@ -133,11 +156,7 @@ def main(argv=None):
         elif recipe:
             # both stages get the overrides through config_dict, so each stage can set its own train_stage
             sys.argv = [sys.argv[0]]
-            # "A,B" or "['A','B']" (RecBole's list spelling)
-            sources = [
-                name.strip(" '\"")
-                for name in cli.pop("source_datasets").strip("[] ").split(",")
-            ]
+            sources = cli.pop("source_datasets")
             run_pretrain_then_finetune(
                 args.model,
                 args.dataset,

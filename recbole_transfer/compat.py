@@ -1,17 +1,19 @@
-"""Every patch this plugin applies to RecBole / torch / numpy internals, in one place.
+"""Every fix this plugin makes to RecBole / torch / numpy behaviour, in one place, each with its reason.
 
-Each patch says why it exists. ``apply()`` is idempotent and runs when ``recbole_transfer`` is imported.
-Nothing else in the package modifies a third-party object.
+RecBole's own classes are left as shipped: the trainer fixes live in ``PluginTrainer`` (a mixin the plugin's
+trainers and the stock trainers it runs are built on, see ``plugin_trainer``), the device fix in the plugin's
+``Config``. What ``apply()`` changes process-wide restores what RecBole itself expects (numpy aliases) or only
+quiets known warnings. Nothing else in the package modifies a third-party object.
 """
 
+import functools
 import os
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 
-from recbole_transfer.utils import atomic_torch_save
-
-_APPLIED = False
+from recbole_transfer.utils import CheckpointError, atomic_torch_save, load_checkpoint
 
 
 # --- numpy --------------------------------------------------------------------------------------------------------
@@ -62,33 +64,46 @@ def plain_config(config):
     return {str(k): plain(v) for k, v in source.items()}
 
 
-def _safe_save_checkpoint(self, epoch, verbose=True, **kwargs):
-    """torch >= 2.6 loads with ``weights_only=True`` by default, and RecBole pickles its Config object into every
-    checkpoint, so its own ``evaluate(load_best_model=True)`` and ``resume_checkpoint`` fail. Saving only tensors
-    and plain values makes the checkpoint loadable under the safe default (no ``weights_only=False`` needed).
-    """
-    if not self.config["single_spec"] and self.config["local_rank"] != 0:
-        return
-    from recbole.utils import set_color
+def plain_other_parameter(values):
+    """A model's ``other_parameter()`` with scipy sparse matrices and numpy arrays stored as tensors (e.g.
+    ItemKNN's similarity matrix), so the checkpoint loads with ``weights_only=True``; ``restore_other_parameter``
+    undoes it."""
+    import scipy.sparse as sp
 
-    saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
-    best = self.best_valid_score
-    state = {
-        "config": plain_config(self.config),
-        "epoch": int(epoch),
-        "cur_step": int(self.cur_step),
-        "best_valid_score": float(best),
-        "state_dict": self.model.state_dict(),
-        "other_parameter": self.model.other_parameter(),
-        "optimizer": self.optimizer.state_dict(),
-    }
-    # plugin trainers add what their resume needs (e.g. RNG states) through this hook
-    extra_state = getattr(self, "extra_checkpoint_state", None)
-    if extra_state is not None:
-        state.update(extra_state())
-    atomic_torch_save(state, saved_model_file)
-    if verbose:
-        self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+    def plain(value):
+        if sp.issparse(value):
+            matrix = value.tocsc() if value.format == "csc" else value.tocsr()
+            return {
+                "sparse_format": matrix.format,
+                "data": torch.from_numpy(matrix.data),
+                "indices": torch.from_numpy(matrix.indices),
+                "indptr": torch.from_numpy(matrix.indptr),
+                "shape": [int(n) for n in matrix.shape],
+            }
+        if isinstance(value, np.ndarray):
+            return {"ndarray": torch.from_numpy(value)}
+        return value
+
+    return None if values is None else {key: plain(v) for key, v in values.items()}
+
+
+def restore_other_parameter(values):
+    import scipy.sparse as sp
+
+    def restore(value):
+        if isinstance(value, dict) and "sparse_format" in value:
+            build = sp.csc_matrix if value["sparse_format"] == "csc" else sp.csr_matrix
+            parts = (
+                value["data"].numpy(),
+                value["indices"].numpy(),
+                value["indptr"].numpy(),
+            )
+            return build(parts, shape=tuple(value["shape"]))
+        if isinstance(value, dict) and set(value) == {"ndarray"}:
+            return value["ndarray"].numpy()
+        return value
+
+    return None if values is None else {key: restore(v) for key, v in values.items()}
 
 
 def ddp_ignore_buffers(module, names):
@@ -100,23 +115,6 @@ def ddp_ignore_buffers(module, names):
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
         module, list(names)
     )
-
-
-# --- Collector ----------------------------------------------------------------------------------------------------
-def _collector_get_data_struct(self):
-    """``Collector.get_data_struct`` calls ``.cpu()`` on every collected value, but non-accuracy metrics
-    (ItemCoverage, AveragePopularity, GiniIndex, ...) collect plain ints and Counters, which have no ``.cpu()``.
-    """
-    import copy
-
-    for key, value in self.data_struct._data_dict.items():
-        if isinstance(value, torch.Tensor):
-            self.data_struct._data_dict[key] = value.cpu()
-    returned_struct = copy.deepcopy(self.data_struct)
-    for key in ["rec.topk", "rec.meanrank", "rec.score", "rec.items", "data.label"]:
-        if key in self.data_struct:
-            del self.data_struct[key]
-    return returned_struct
 
 
 # --- distributed training on CPU ----------------------------------------------------------------------------------
@@ -169,50 +167,6 @@ def init_device(config_dict):
         config_dict["verbose"] = False
 
 
-def _abstract_trainer_init(self, config, model):
-    """RecBole wraps the model in DDP with ``device_ids=[local_rank]``, which is only valid for CUDA modules;
-    CPU (gloo) DDP needs ``device_ids=None``."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    self.config = config
-    self.model = model
-    if not config["single_spec"]:
-        self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        on_cuda = config["device"].type == "cuda"
-        self.distributed_model = DistributedDataParallel(
-            self.model, device_ids=[config["local_rank"]] if on_cuda else None
-        )
-
-
-def _wrap_evaluate(evaluate):
-    """Upstream race: under DDP rank 1 reloads the best checkpoint while rank 0 may still be writing it.
-    Wait for every rank before the reload."""
-
-    def evaluate_after_barrier(
-        self, eval_data, load_best_model=True, model_file=None, show_progress=False
-    ):
-        if load_best_model and not self.config["single_spec"]:
-            import torch.distributed as dist
-
-            dist.barrier()
-        return evaluate(
-            self,
-            eval_data,
-            load_best_model=load_best_model,
-            model_file=model_file,
-            show_progress=show_progress,
-        )
-
-    evaluate_after_barrier.__wrapped__ = evaluate
-    return evaluate_after_barrier
-
-
-def _ensure_dir(dir_path):
-    """RecBole's ``ensure_dir`` checks then creates: two DDP ranks starting together race on ``./log`` and one
-    crashes with FileExistsError."""
-    os.makedirs(dir_path, exist_ok=True)
-
-
 def silence_known_warnings():
     """RecBole 1.2.1 fills NaNs with chained ``inplace=True`` calls and builds ``torch.cuda.amp.GradScaler``; pandas
     2.x and torch warn on every run (FutureWarning, several lines each). With the pins (pandas < 3) the fill still
@@ -239,31 +193,185 @@ def silence_known_warnings():
 
 
 def apply():
-    """Apply every patch once."""
-    global _APPLIED
+    """Process-wide settings that leave RecBole behaving as shipped (idempotent)."""
     set_numpy_aliases()
     silence_known_warnings()
-    if _APPLIED:
+
+
+# --- stock models --------------------------------------------------------------------------------------------------
+@contextmanager
+def building_stock_model():
+    """RecBole 1.2.1's graph models (LightGCN, NGCF, NCL, GCMC, SpectralCF, KGIN, MCCLK) fill their adjacency
+    matrix with ``dok_matrix._update``, which newer scipy (1.17 here) no longer has: give it back while the plugin
+    builds a model, and take it away after, so RecBole outside the plugin's runs sees scipy as installed.
+    """
+    import scipy.sparse as sp
+
+    if hasattr(sp.dok_matrix, "_update"):
+        yield
         return
-    import recbole.data.utils
-    import recbole.utils
-    import recbole.utils.logger
-    import recbole.utils.utils
+
+    def _update(self, data):
+        self._dict.update(data)  # what the removed method did: set many entries at once
+
+    sp.dok_matrix._update = _update
+    try:
+        yield
+    finally:
+        del sp.dok_matrix._update
+
+
+# --- the plugin's trainers ----------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _collector_class():
     from recbole.evaluator.collector import Collector
-    from recbole.trainer import trainer as recbole_trainer
 
-    for module in (
-        recbole.utils,
-        recbole.utils.utils,
-        recbole.utils.logger,
-        recbole.data.utils,
-        recbole_trainer,
+    class PluginCollector(Collector):
+        def get_data_struct(self):
+            """``Collector.get_data_struct`` calls ``.cpu()`` on every collected value, but non-accuracy metrics
+            (ItemCoverage, AveragePopularity, GiniIndex, ...) collect plain ints and Counters, which have no
+            ``.cpu()``."""
+            import copy
+
+            for key, value in self.data_struct._data_dict.items():
+                if isinstance(value, torch.Tensor):
+                    self.data_struct._data_dict[key] = value.cpu()
+            returned_struct = copy.deepcopy(self.data_struct)
+            for key in [
+                "rec.topk",
+                "rec.meanrank",
+                "rec.score",
+                "rec.items",
+                "data.label",
+            ]:
+                if key in self.data_struct:
+                    del self.data_struct[key]
+            return returned_struct
+
+    return PluginCollector
+
+
+class PluginTrainer:
+    """Mixin placed before a RecBole trainer class (``plugin_trainer``); each override says why it exists."""
+
+    def __init__(self, config, model):
+        # RecBole wraps the model in DDP with ``device_ids=[local_rank]``, only valid for CUDA modules; CPU (gloo)
+        # DDP needs ``device_ids=None``: let RecBole skip its wrap, then wrap here.
+        cpu_ddp = not config["single_spec"] and config["device"].type != "cuda"
+        if cpu_ddp:
+            config["single_spec"] = True
+        try:
+            super().__init__(config, model)
+        finally:
+            if cpu_ddp:
+                config["single_spec"] = False
+        if cpu_ddp:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            self.distributed_model = DistributedDataParallel(
+                self.model, device_ids=None
+            )
+        if hasattr(self, "eval_collector"):
+            self.eval_collector = _collector_class()(config)
+
+    def evaluate(
+        self, eval_data, load_best_model=True, model_file=None, show_progress=False
     ):
-        if hasattr(module, "ensure_dir"):
-            module.ensure_dir = _ensure_dir
+        """Upstream race: under DDP rank 1 reloads the best checkpoint while rank 0 may still be writing it.
+        Wait for every rank before the reload."""
+        if load_best_model and not self.config["single_spec"]:
+            import torch.distributed as dist
 
-    recbole_trainer.Trainer._save_checkpoint = _safe_save_checkpoint
-    recbole_trainer.AbstractTrainer.__init__ = _abstract_trainer_init
-    recbole_trainer.Trainer.evaluate = _wrap_evaluate(recbole_trainer.Trainer.evaluate)
-    Collector.get_data_struct = _collector_get_data_struct
-    _APPLIED = True
+            dist.barrier()
+        if load_best_model and eval_data:
+            # RecBole's reload hands the stored other_parameter to the model as is; restore it first
+            checkpoint_file = model_file or self.saved_model_file
+            checkpoint = load_checkpoint(checkpoint_file, map_location=self.device)
+            self.model.load_state_dict(checkpoint["state_dict"])
+            self.model.load_other_parameter(
+                restore_other_parameter(checkpoint.get("other_parameter"))
+            )
+            self.logger.info(f"Loading model parameters from {checkpoint_file}")
+        return super().evaluate(
+            eval_data,
+            load_best_model=False,
+            model_file=model_file,
+            show_progress=show_progress,
+        )
+
+    def resume_checkpoint(self, resume_file):
+        """RecBole's resume reads the file with a bare ``torch.load`` (a damaged, foreign or code-carrying file is a
+        traceback), only warns when it holds another model, and hands other_parameter over as stored: the same
+        steps through the project's loader, with one-line errors."""
+        checkpoint = load_checkpoint(
+            resume_file, map_location=self.device, what="resume_checkpoint"
+        )
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        if checkpoint["config"]["model"].lower() != self.config["model"].lower():
+            raise CheckpointError(
+                f"resume_checkpoint '{resume_file}' holds a {checkpoint['config']['model']} checkpoint, "
+                f"not {self.config['model']}"
+            )
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(
+            restore_other_parameter(checkpoint.get("other_parameter"))
+        )
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.logger.info(
+            f"Checkpoint loaded. Resume training from epoch {self.start_epoch}"
+        )
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        """torch >= 2.6 loads with ``weights_only=True`` by default, and RecBole pickles its Config object into every
+        checkpoint, so its own ``evaluate(load_best_model=True)`` and ``resume_checkpoint`` fail. Saving only tensors
+        and plain values makes the checkpoint loadable under the safe default (no ``weights_only=False`` needed).
+        """
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        from recbole.utils import set_color
+
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        best = self.best_valid_score
+        state = {
+            "config": plain_config(self.config),
+            "epoch": int(epoch),
+            "cur_step": int(self.cur_step),
+            "best_valid_score": float(best),
+            "state_dict": self.model.state_dict(),
+            "other_parameter": plain_other_parameter(self.model.other_parameter()),
+            "optimizer": self.optimizer.state_dict(),
+        }
+        # plugin trainers add what their resume needs (e.g. RNG states) through this hook
+        extra_state = getattr(self, "extra_checkpoint_state", None)
+        if extra_state is not None:
+            state.update(extra_state())
+        atomic_torch_save(state, saved_model_file)
+        if verbose:
+            self.logger.info(
+                set_color("Saving current", "blue") + f": {saved_model_file}"
+            )
+
+
+_PLUGIN_TRAINERS = {}
+
+
+def plugin_trainer(trainer_class):
+    """``trainer_class`` with ``PluginTrainer``'s fixes (itself when it already has them, or when it is not a
+    RecBole ``Trainer``, e.g. the decision-tree trainers, which save their own files); one class per input.
+    """
+    from recbole.trainer import Trainer
+
+    if issubclass(trainer_class, PluginTrainer) or not issubclass(
+        trainer_class, Trainer
+    ):
+        return trainer_class
+    if trainer_class not in _PLUGIN_TRAINERS:
+        _PLUGIN_TRAINERS[trainer_class] = type(
+            trainer_class.__name__,
+            (PluginTrainer, trainer_class),
+            {"__module__": __name__},
+        )
+    return _PLUGIN_TRAINERS[trainer_class]

@@ -10,6 +10,7 @@ import sys
 
 import yaml
 from recbole.config import Config as RecBoleConfig
+from recbole.utils import ModelType
 
 from recbole_transfer import compat, registry
 from recbole_transfer.data.folders import (
@@ -149,23 +150,33 @@ class Config(RecBoleConfig):
         super()._load_internal_config_dict(model, model_class, dataset)
         self.internal_config_dict["data_path"] = DATASET_DIR
         self.internal_config_dict["pretrained_dir"] = PRETRAINED_DIR
-        # a model's yaml is read over the yamls of the models it extends (``yaml_bases``, e.g. MetaRec on LRURec)
-        models = list(getattr(model_class, "yaml_bases", ())) + [model]
-        files = [os.path.join(PROPERTIES_DIR, "overall.yaml")]
-        files += [
-            os.path.join(PROPERTIES_DIR, "model", f"{name}.yaml") for name in models
-        ]
-        files += [
-            os.path.join(PROPERTIES_DIR, "dataset", f"{name}.yaml")
-            for name in dataset_names(dataset)
-        ]
-        for file in files:
+        # the plugin's own yamls must be there (a broken install is an error, not other defaults); a stock model
+        # has no yaml of its own, a dataset may have none
+        required = [os.path.join(PROPERTIES_DIR, "overall.yaml")]
+        plugin = registry.is_plugin_model(model)
+        if plugin or model_class.type == ModelType.SEQUENTIAL:
+            required.append(os.path.join(PROPERTIES_DIR, "sequential.yaml"))
+        optional = []
+        if plugin:
+            # a model's yaml is read over the yamls of the models it extends (``yaml_bases``, e.g. MetaRec on LRURec);
+            # the package's own models ship one, a model registered from outside may have none
+            models = list(getattr(model_class, "yaml_bases", ())) + [model]
+            files = [os.path.join(PROPERTIES_DIR, "model", f"{m}.yaml") for m in models]
+            own = model_class.__module__.startswith("recbole_transfer.")
+            (required if own else optional).extend(files)
+        for file in required + [f for f in optional if os.path.isfile(f)]:
+            if not os.path.isfile(file):
+                raise ConfigError(
+                    f"default settings {file} not found: reinstall recbole_transfer"
+                )
+            self._update_internal_config_dict(file)
+        for name in dataset_names(dataset):
+            file = os.path.join(PROPERTIES_DIR, "dataset", f"{name}.yaml")
             if os.path.isfile(file):
                 loaded = self._update_internal_config_dict(file) or {}
-                if os.path.basename(os.path.dirname(file)) == "dataset":
-                    self.parameters["Dataset"] += [
-                        k for k in loaded if k not in self.parameters["Dataset"]
-                    ]
+                self.parameters["Dataset"] += [
+                    k for k in loaded if k not in self.parameters["Dataset"]
+                ]
 
     def _set_default_parameters(self):
         # a model whose stages are of different RecBole types (e.g. sequential pretraining, general fine-tuning)

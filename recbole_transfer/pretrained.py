@@ -15,7 +15,7 @@ from recbole_transfer.utils import atomic_torch_save, load_checkpoint
 
 
 def export(src, dst):
-    checkpoint = load_checkpoint(src)
+    checkpoint = load_checkpoint(src, what="source checkpoint")
     model_class = registry.get_model_class(checkpoint["config"]["model"])
     keep = model_class.TRANSFERABLE
     state = {

@@ -5,7 +5,9 @@
 """
 
 import logging
+import os
 import sys
+from contextlib import contextmanager
 from logging import getLogger
 
 import torch.distributed as dist
@@ -14,7 +16,7 @@ from recbole.data import data_preparation
 from recbole.data.transform import construct_transform
 from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
 
-from recbole_transfer import registry
+from recbole_transfer import compat, registry
 from recbole_transfer.config import Config
 from recbole_transfer.errors import UserInputError
 from recbole_transfer.utils import dataset_names
@@ -28,6 +30,30 @@ def create_dataset(config):
     return dataset_class(config)
 
 
+class StockModelError(UserInputError):
+    """A stock RecBole model that cannot run on this data or installation (e.g. a knowledge-graph model on a
+    dataset without a graph, or a model whose optional package is missing)."""
+
+
+@contextmanager
+def stock_model_errors(config):
+    """For stock RecBole models: any failure becomes one line naming the model, the dataset and the cause (plugin
+    models keep their tracebacks: a failure there is the plugin's to fix)."""
+    if registry.is_plugin_model(config["model"]):
+        yield
+        return
+    try:
+        yield
+    except UserInputError:
+        raise
+    except Exception as err:
+        cause = (str(err).strip().splitlines() or [""])[0]
+        raise StockModelError(
+            f"RecBole's {config['model']} cannot run on {config['dataset']} here: "
+            f"{type(err).__name__}: {cause}"
+        ) from err
+
+
 def build(model=None, dataset=None, config_file_list=None, config_dict=None):
     """Config, data loaders, model and trainer, ready to fit (used by the runner, tuning and tests)."""
     config = Config(
@@ -36,7 +62,15 @@ def build(model=None, dataset=None, config_file_list=None, config_dict=None):
         config_file_list=config_file_list,
         config_dict=config_dict,
     )
+    with stock_model_errors(config):
+        return _build(config)
+
+
+def _build(config):
     init_seed(config["seed"], config["reproducibility"])
+    # RecBole's ensure_dir checks then creates: DDP ranks starting together race on these folders
+    for folder in (os.path.join("log", config["model"]), config["checkpoint_dir"]):
+        os.makedirs(folder, exist_ok=True)
     init_logger(config)
     logger = getLogger()
     logger.info(sys.argv)
@@ -47,9 +81,9 @@ def build(model=None, dataset=None, config_file_list=None, config_dict=None):
     train_data, valid_data, test_data = data_preparation(config, data)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model = registry.get_model_class(config["model"])(config, train_data._dataset).to(
-        config["device"]
-    )
+    with compat.building_stock_model():
+        model = registry.get_model_class(config["model"])(config, train_data._dataset)
+    model = model.to(config["device"])
     logger.info(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
@@ -89,12 +123,13 @@ def run_recbole_transfer(
         trainer.resume_checkpoint(config["resume_checkpoint"])
 
     evaluates = getattr(trainer, "evaluates", True)  # pretraining stages train only
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data,
-        valid_data if evaluates else None,
-        saved=saved,
-        show_progress=config["show_progress"],
-    )
+    with stock_model_errors(config):
+        best_valid_score, best_valid_result = trainer.fit(
+            train_data,
+            valid_data if evaluates else None,
+            saved=saved,
+            show_progress=config["show_progress"],
+        )
     # --epochs=0 (e.g. zero-shot evaluation of a loaded adapter): no checkpoint was written, test the model as is
     saved = saved and config["epochs"] > 0
     test_result = (

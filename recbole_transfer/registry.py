@@ -41,15 +41,16 @@ def plugin_model_names():
 
 
 @lru_cache(maxsize=1)
-def recbole_model_names():
-    """Every model class RecBole ships, read from its source files (importing them all would pull optional
-    dependencies such as lightgbm/xgboost)."""
+def recbole_model_families():
+    """``{family folder: (model names)}`` of every model class RecBole ships, read from its source files
+    (importing them all would pull optional dependencies such as lightgbm/xgboost)."""
     import recbole.model
 
     root = os.path.dirname(recbole.model.__file__)
-    names = []
+    families = {}
     for folder in _RECBOLE_MODEL_FOLDERS:
         path = os.path.join(root, folder)
+        names = []
         for file in sorted(os.listdir(path)):
             if not file.endswith(".py") or file.startswith("__"):
                 continue
@@ -58,7 +59,23 @@ def recbole_model_names():
                 for class_name in re.findall(r"^class (\w+)\(", f.read(), flags=re.M):
                     if class_name.lower() == module_name:
                         names.append(class_name)
-    return tuple(sorted(set(names)))
+        families[folder] = tuple(sorted(set(names)))
+    return families
+
+
+def recbole_model_names():
+    return tuple(
+        sorted({n for names in recbole_model_families().values() for n in names})
+    )
+
+
+def models_summary():
+    """The plugin's models and RecBole's model families, one line each (for --help and error messages)."""
+    lines = [f"plugin: {', '.join(plugin_model_names())}"]
+    for folder, names in recbole_model_families().items():
+        family = folder.replace("_recommender", "").replace("_", "-")
+        lines.append(f"RecBole {family}: {', '.join(names)}")
+    return lines
 
 
 def resolve_model_name(name):
@@ -81,7 +98,8 @@ def resolve_model_name(name):
     hint = (
         f"; close matches: {', '.join(close)}"
         if close
-        else "; see recbole_transfer.registry.plugin_model_names()"
+        else f"; plugin models: {', '.join(plugin_model_names())}; or any RecBole model "
+        "(python run_recbole_transfer.py --help lists them)"
     )
     raise UnknownModelError(f"unknown model '{name}'{hint}")
 
@@ -127,11 +145,13 @@ def get_trainer_class(name, model_type, train_stage=None):
     trainer = _PLUGIN_MODELS[name][2] if name in _PLUGIN_MODELS else None
     if isinstance(trainer, dict):
         trainer = trainer.get(train_stage)
+    from recbole_transfer.compat import plugin_trainer
+
     if trainer is not None:
-        return _load(trainer)
+        return plugin_trainer(_load(trainer))
     from recbole.utils import get_trainer
 
-    return get_trainer(model_type, name)
+    return plugin_trainer(get_trainer(model_type, name))
 
 
 register(

@@ -9,6 +9,8 @@ import os
 import shutil
 import tempfile
 
+from recbole_transfer.errors import UserInputError
+
 
 def is_unset(value):
     """Whether a path-like config value means "nothing" (None, '', none, null, ~)."""
@@ -23,10 +25,15 @@ def find_path(path, folder=False):
 
 
 def dataset_names(dataset):
-    """``'A,B,C'`` or ``['A', 'B', 'C']`` -> ``['A', 'B', 'C']`` (several names mean several domains)."""
-    if isinstance(dataset, (list, tuple)):
-        return [str(name).strip() for name in dataset if str(name).strip()]
-    return [name.strip() for name in str(dataset).split(",") if name.strip()]
+    """``'A,B,C'``, ``"['A','B','C']"``, ``'[A,B,C]'`` or ``['A', 'B', 'C']`` -> ``['A', 'B', 'C']`` (several
+    names mean several domains; the string spellings are what a command line gives)."""
+    if not isinstance(dataset, (list, tuple)):
+        text = str(dataset).strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        dataset = text.split(",")
+    names = [str(name).strip().strip("'\"").strip() for name in dataset]
+    return [name for name in names if name]
 
 
 # --- atomic writing ---------------------------------------------------------------------------------------------
@@ -117,11 +124,51 @@ def atomic_torch_save(obj, path):
     atomic_write(path, lambda tmp: torch.save(obj, tmp), suffix=".pth")
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """Load a checkpoint written by this plugin (safe mode: tensors and plain values only)."""
+class CheckpointError(UserInputError):
+    """A checkpoint file that cannot be loaded; the message names the file and what is wrong."""
+
+
+def load_checkpoint(path, map_location="cpu", what="checkpoint", plugin=True):
+    """Every checkpoint the project reads comes through here: ``torch.load(weights_only=True)`` only (tensors and
+    plain values; a file carrying Python objects is refused, since unpickling it could run code). ``what`` names
+    the setting in the messages (e.g. ``pretrained_path``); ``plugin``: the file must be a checkpoint written by
+    this project (a dict with ``state_dict`` and a plain ``config``), else any tensor container is returned.
+    """
+    import pickle
+
     import torch
 
-    return torch.load(path, map_location=map_location, weights_only=True)
+    where = f"{what} '{path}'"
+    if not os.path.isfile(str(path)):
+        raise CheckpointError(f"{where} not found")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err):
+            raise CheckpointError(
+                f"{where} holds Python objects, not only tensors and plain values: refused "
+                "(loading it could run code)"
+            ) from None
+        raise CheckpointError(f"{where} is not a torch checkpoint") from None
+    except RuntimeError as err:
+        if "zip archive" in str(err) or "PytorchStreamReader" in str(err):
+            raise CheckpointError(f"{where} is truncated or damaged") from None
+        raise CheckpointError(
+            f"{where} cannot be read ({type(err).__name__})"
+        ) from None
+    except (
+        Exception
+    ) as err:  # EOFError, KeyError on a text file, ...: not what torch.save writes
+        raise CheckpointError(f"{where} is not a torch checkpoint") from None
+    if plugin and not (
+        isinstance(checkpoint, dict)
+        and "state_dict" in checkpoint
+        and isinstance(checkpoint.get("config"), dict)
+    ):
+        raise CheckpointError(
+            f"{where} is not a checkpoint written by recbole_transfer (no state_dict and config)"
+        )
+    return checkpoint
 
 
 def atomic_folder(write, folder):

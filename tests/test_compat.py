@@ -3,6 +3,7 @@
 import os
 
 import numpy as np
+import pytest
 import torch
 
 from recbole_transfer import compat, utils
@@ -139,3 +140,127 @@ def test_atomic_save_leaves_a_normally_readable_file(tmp_path):
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(2))
     assert os.listdir(tmp_path / "sub") == ["x.pth"]  # no temporary file left behind
+
+
+def test_importing_the_plugin_leaves_recbole_as_shipped(
+    tiny_root, tmp_path, monkeypatch
+):
+    """RecBole's own classes are untouched: its run_recbole writes RecBole's checkpoint format (the pickled
+    Config), which its own load_data_and_model reads back."""
+    import functools
+
+    import recbole.utils.utils
+    from recbole.config import Config as RecBoleConfig
+    from recbole.evaluator.collector import Collector
+    from recbole.quick_start import load_data_and_model, run_recbole
+    from recbole.trainer import AbstractTrainer, Trainer
+
+    import recbole_transfer  # noqa: F401
+
+    for owner, name in [
+        (Trainer, "_save_checkpoint"),
+        (Trainer, "evaluate"),
+        (AbstractTrainer, "__init__"),
+        (Collector, "get_data_struct"),
+    ]:
+        assert getattr(owner, name).__module__.startswith("recbole."), (owner, name)
+    assert recbole.utils.utils.ensure_dir.__module__ == "recbole.utils.utils"
+    # RecBole 1.2.1 was written for torch < 2.6, whose torch.load unpickles by default
+    monkeypatch.setattr(
+        torch, "load", functools.partial(torch.load, weights_only=False)
+    )
+    settings = dict(
+        FAST,
+        epochs=1,
+        data_path=str(tiny_root),
+        checkpoint_dir=str(tmp_path / "saved"),
+        train_neg_sample_args=None,
+        load_col={"inter": ["user_id", "item_id", "timestamp"]},
+    )
+    run_recbole(model="SASRec", dataset="Scientific", config_dict=settings)
+    (checkpoint,) = os.listdir(tmp_path / "saved")
+    config, model, *_ = load_data_and_model(str(tmp_path / "saved" / checkpoint))
+    assert isinstance(config, RecBoleConfig) and type(model).__name__ == "SASRec"
+
+
+def test_plugin_runs_stock_trainers_with_its_fixes():
+    from recbole.trainer import KGTrainer, Trainer
+
+    from recbole_transfer import registry
+
+    trainer = registry.get_trainer_class("SASRec", None)
+    assert issubclass(trainer, Trainer) and issubclass(trainer, compat.PluginTrainer)
+    assert registry.get_trainer_class("SASRec", None) is trainer  # one class, made once
+    assert issubclass(compat.plugin_trainer(KGTrainer), KGTrainer)
+
+
+class _RunsCode:
+    """A pickle that would call a function when loaded (what a weights-only loader must refuse)."""
+
+    def __reduce__(self):
+        return (print, ("this ran while loading",))
+
+
+def _bad_checkpoints(folder):
+    good = folder / "good.pth"
+    torch.save(
+        {"config": {"model": "SASRec"}, "state_dict": {"w": torch.ones(3)}}, good
+    )
+    truncated = folder / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    text = folder / "notes.pth"
+    text.write_text("epoch 3, looked fine\n", encoding="utf-8")
+    code = folder / "code.pth"
+    torch.save({"config": {}, "state_dict": {}, "hook": _RunsCode()}, code)
+    foreign = folder / "foreign.pth"
+    torch.save({"w": torch.ones(3)}, foreign)
+    return {
+        truncated: "is truncated or damaged",
+        text: "is not a torch checkpoint",
+        code: "holds Python objects, not only tensors and plain values: refused (loading it could run code)",
+        foreign: "is not a checkpoint written by recbole_transfer (no state_dict and config)",
+        folder / "missing.pth": "not found",
+    }
+
+
+def test_one_loader_names_the_file_and_the_problem(tmp_path, capsys):
+    for path, problem in _bad_checkpoints(tmp_path).items():
+        with pytest.raises(utils.CheckpointError) as err:
+            utils.load_checkpoint(str(path), what="pretrained_path")
+        assert str(err.value) == f"pretrained_path '{path}' {problem}"
+    assert "this ran while loading" not in capsys.readouterr().out
+    assert (
+        utils.load_checkpoint(str(tmp_path / "good.pth"))["config"]["model"] == "SASRec"
+    )
+
+
+def test_cli_bad_checkpoint_is_one_line_exit_2(tiny_root, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    bad = _bad_checkpoints(tmp_path)
+    code = next(path for path in bad if path.name == "code.pth")
+    settings = _tiny(tiny_root, tmp_path, epochs=1)
+    args = [f"--{key}={value}" for key, value in settings.items()]
+    for key, model in [
+        ("resume_checkpoint", "SASRec"),
+        ("pretrained_path", "PeterRec"),
+    ]:
+        cmd = [
+            sys.executable,
+            str(REPO / "run_recbole_transfer.py"),
+            f"--model={model}",
+        ]
+        cmd += ["--dataset=Scientific", f"--{key}={code}", *args]
+        if model == "PeterRec":
+            cmd += ["--train_stage=finetune", "--source_datasets=[Scientific]"]
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300
+        )
+        assert proc.returncode == 2, proc.stderr[-1500:]
+        assert proc.stderr.strip().splitlines()[-1] == (
+            f"error: {key} '{code}' holds Python objects, not only tensors and plain values: refused "
+            "(loading it could run code)"
+        )

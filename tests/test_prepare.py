@@ -1,7 +1,8 @@
 """The converters: dataset/build.py rebuilds the shipped files identically and they match the sources;
 recbole_transfer.data.prepare converts user data.
 
-Every row used here comes from ../shared/data or from the committed dataset/ files made from it.
+Every row used here comes from ../shared/data, from the committed dataset/ files made from it, or from RecBole's
+own MovieLens-100K (recbole/dataset_example/ml-100k, read in place or copied).
 """
 
 import ast
@@ -12,6 +13,7 @@ import json
 import random
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +21,13 @@ from recbole_transfer import utils
 from recbole_transfer.data import prepare
 
 from conftest import DATASET_DIR, REPO, SHARED_DATA
+
+# RecBole's own copy of MovieLens-100K (real data shipped inside the installed recbole package; only read here)
+ML100K = (
+    Path(importlib.util.find_spec("recbole").origin).parent
+    / "dataset_example"
+    / "ml-100k"
+)
 
 BUILD_PY = REPO / "dataset" / "build.py"
 PREPARE_PY = REPO / "recbole_transfer" / "data" / "prepare.py"
@@ -581,7 +590,7 @@ def test_bad_arguments_are_one_line(tmp_path, capsys):
     )
     assert prepare.main([]) == 2
     assert capsys.readouterr().err.endswith(
-        "prepare: nothing to do: give --csv or --amazon_ratings "
+        "prepare: nothing to do: give --csv, --amazon_ratings or --recbole "
         "(shipped datasets: python dataset/build.py --all)\n"
     )
     assert build.main([]) == 2
@@ -642,10 +651,372 @@ def test_build_and_prepare_share_no_function():
     assert build_defs & prepare_defs == {"build_parser", "main"}
     # the shared writer is imported, not copied
     assert (
-        build.write_dataset is prepare.write_dataset
+        build.write_converted is prepare.write_converted
         and build.dataset_yaml is prepare.dataset_yaml
     )
     assert (
         build.PrepareError is prepare.PrepareError
-        and build.AtomicFiles is utils.AtomicFiles
+        and build.atomic_write_text is utils.atomic_write_text
     )
+
+
+# --- user data: k-core, ids with spaces, header aliases, RecBole atomic folders -----------------------------------
+def _write_table(path, header, rows):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def _prepare(*args):
+    return prepare.main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def ml100k_title_rows():
+    """The first 3,000 rows of ml-100k.inter as (user, movie title, timestamp): the item is its movie_title in
+    ml-100k.item (real ids with spaces; 23 titles name two movies, which then share the token).
+    """
+    titles = {row[0]: row[1] for row in _rows(ML100K / "ml-100k.item")}
+    return [
+        (user, titles[item], ts)
+        for user, item, _, ts in _rows(ML100K / "ml-100k.inter")[:3000]
+    ]
+
+
+def _grouped(rows):
+    """(user, item, timestamp) rows -> {user: [(item, time), ...]} as prepare writes them (users in order of first
+    appearance, each user's rows in time order, stable)."""
+    seqs = {}
+    for user, item, ts in rows:
+        seqs.setdefault(user, []).append((item, float(ts)))
+    return {u: sorted(seq, key=lambda e: e[1]) for u, seq in seqs.items()}
+
+
+def test_csv_kcore(tmp_path, capsys, scientific):
+    seqs, _ = scientific
+    users = list(seqs)[:1500]
+    events = [(u, i, ts) for u in users for i, ts in seqs[u]]
+    source = _write_table(
+        tmp_path / "my.csv",
+        ["user", "item", "timestamp"],
+        [(u, i, int(ts)) for u, i, ts in events],
+    )
+    out = tmp_path / "out"
+    # no --kcore: every row kept
+    assert _prepare("--csv", source, "--name", "All", "--output_root", out) == 0
+    assert "-core filter" not in capsys.readouterr().out
+    assert _sequences(out / "All" / "All.inter") == {u: seqs[u] for u in users}
+    # --kcore 3: exactly the iterative 3-core, and the note names the dropped rows
+    assert (
+        _prepare("--csv", source, "--name", "K3", "--output_root", out, "--kcore", "3")
+        == 0
+    )
+    expected = prepare.kcore(events, 3)
+    dropped = len(events) - len(expected)
+    assert 0 < dropped < len(events)
+    assert f"({dropped:,} rows dropped by the 3-core filter)" in capsys.readouterr().out
+    assert build.dataset_counts(str(out / "K3")) == {
+        "users": len({u for u, _, _ in expected}),
+        "items": len({i for _, i, _ in expected}),
+        "interactions": len(expected),
+    }
+    rows = [(u, i) for u, i, _ in _rows(out / "K3" / "K3.inter")]
+    assert Counter(rows) == Counter(_kcore([(u, i) for u, i, _ in events], 3))
+    users_count, items_count = Counter(u for u, _ in rows), Counter(i for _, i in rows)
+    assert min(users_count.values()) >= 3 and min(items_count.values()) >= 3
+    # --kcore 1 keeps everything; below 1 is refused
+    assert (
+        _prepare("--csv", source, "--name", "K1", "--output_root", out, "--kcore", "1")
+        == 0
+    )
+    assert "(0 rows dropped by the 1-core filter)" in capsys.readouterr().out
+    assert (out / "K1" / "K1.inter").read_bytes() == (
+        out / "All" / "All.inter"
+    ).read_bytes()
+    assert (
+        _prepare("--csv", source, "--name", "K0", "--output_root", out, "--kcore", "0")
+        == 2
+    )
+    assert capsys.readouterr().err == "prepare: --kcore must be at least 1\n"
+    assert not (out / "K0").exists()
+
+
+def test_csv_ids_with_spaces_are_kept(tmp_path, capsys, ml100k_title_rows):
+    from recbole_transfer.data.dataset import read_atomic
+
+    rows = ml100k_title_rows
+    out = tmp_path / "out"
+    source = _write_table(tmp_path / "titles.csv", ["user", "item", "timestamp"], rows)
+    assert _prepare("--csv", source, "--name", "Titles", "--output_root", out) == 0
+    assert "replaced" not in capsys.readouterr().out
+    inter = out / "Titles" / "Titles.inter"
+    # read as RecBole's atomic reader splits it: tab-separated, the titles are whole tokens
+    frame = read_atomic(inter, ["user_id", "item_id", "timestamp"])
+    titles = {title for _, title, _ in rows}
+    assert len(frame) == len(rows) and set(frame["item_id"]) == titles
+    assert "Toy Story" in titles and sum(" " in t for t in titles) > len(titles) / 2
+    assert _sequences(inter) == _grouped(rows)
+
+    # a tab inside one title, spaces around another: the same file, one id counted as changed
+    j = next(n for n, (_, title, _) in enumerate(rows) if " " in title)
+    k = next(n for n in range(j + 1, len(rows)) if rows[n][1] != rows[j][1])
+    edited = list(rows)
+    user, title, ts = rows[j]
+    edited[j] = (user, title.replace(" ", "\t", 1), ts)
+    edited[k] = (rows[k][0], f"  {rows[k][1]} ", rows[k][2])
+    source = _write_table(tmp_path / "tab.csv", ["user", "item", "timestamp"], edited)
+    assert _prepare("--csv", source, "--name", "Tab", "--output_root", out) == 0
+    assert (
+        "(1 id had tabs or line breaks replaced by a space)" in capsys.readouterr().out
+    )
+    assert (out / "Tab" / "Tab.inter").read_bytes() == inter.read_bytes()
+
+
+def test_csv_header_aliases(tmp_path, capsys, ml100k_title_rows):
+    rows = ml100k_title_rows[:500]
+    out = tmp_path / "out"
+    outputs = []
+    for n, header in enumerate(
+        (
+            ["user", "item", "timestamp"],
+            ["user_id", "item_id", "timestamp"],
+            ["USER_ID", "Item", "TimeStamp"],
+        )
+    ):
+        source = _write_table(tmp_path / f"h{n}.csv", header, rows)
+        assert _prepare("--csv", source, "--name", "H", "--output_root", out) == 0
+        outputs.append((out / "H" / "H.inter").read_bytes())
+    assert outputs[0] == outputs[1] == outputs[2]
+    expected = "the header must be user,item,timestamp[,text] (or user_id,item_id,timestamp[,text])\n"
+    capsys.readouterr()
+    source = _write_table(tmp_path / "bad.csv", ["user_id", "item_id", "time"], rows)
+    assert _prepare("--csv", source, "--name", "Bad", "--output_root", out) == 2
+    assert (
+        capsys.readouterr().err
+        == f"prepare: {source}:1: unknown column 'time': {expected}"
+    )
+    source = _write_table(
+        tmp_path / "two.csv", ["user_id", "item_id"], [r[:2] for r in rows]
+    )
+    assert _prepare("--csv", source, "--name", "Bad", "--output_root", out) == 2
+    assert (
+        capsys.readouterr().err
+        == f"prepare: {source}:1: no timestamp column: {expected}"
+    )
+    assert not (out / "Bad").exists()
+
+
+def test_malformed_csv_rows_name_their_line(tmp_path, capsys, ml100k_title_rows):
+    """Line numbers count the file's lines, also after a quoted id that spans two lines."""
+    rows = [list(r) for r in ml100k_title_rows[:20]]
+    rows[4][1] = rows[4][1].replace(" ", "\n", 1)  # file lines 6-7
+    out = tmp_path / "out"
+    source = _write_table(tmp_path / "ok.csv", ["user", "item", "timestamp"], rows)
+    assert _prepare("--csv", source, "--name", "Ok", "--output_root", out) == 0
+    assert (
+        "(1 id had tabs or line breaks replaced by a space)" in capsys.readouterr().out
+    )
+    truncated = rows[:10] + [rows[10][:2]] + rows[11:]  # row 11: file line 13
+    source = _write_table(
+        tmp_path / "short.csv", ["user", "item", "timestamp"], truncated
+    )
+    assert _prepare("--csv", source, "--name", "Bad", "--output_root", out) == 2
+    assert (
+        capsys.readouterr().err
+        == f"prepare: {source}:13: expected 3 columns (user,item,timestamp), got 2\n"
+    )
+    blanked = rows[:10] + [[rows[10][0], " ", rows[10][2]]] + rows[11:]
+    source = _write_table(
+        tmp_path / "empty.csv", ["user", "item", "timestamp"], blanked
+    )
+    assert _prepare("--csv", source, "--name", "Bad", "--output_root", out) == 2
+    assert capsys.readouterr().err == f"prepare: {source}:13: empty item id\n"
+    assert not (out / "Bad").exists()
+
+
+def _item_rows():
+    return _rows(ML100K / "ml-100k.item")
+
+
+def test_recbole_folder(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from recbole_transfer.data.text import align_item_text, read_item_text
+
+    out, props = tmp_path / "out", tmp_path / "props"
+    args = ["--recbole", ML100K, "--text_fields=movie_title", "--name", "ml100k_text"]
+    args += ["--output_root", out, "--write_yaml", "--properties_dir", props]
+    assert _prepare(*args) == 0
+    folder = out / "ml100k_text"
+    stdout = capsys.readouterr().out
+    assert stdout.startswith(
+        "ml100k_text: 943 users / 1,682 items / 100,000 interactions"
+    )
+    assert stdout.endswith(f"\n{folder}\n")
+    sources = sorted(p.name for p in ML100K.iterdir())
+    suffixes = [name.split(".", 1)[1] for name in sources]
+    assert {"inter", "item", "user"} <= set(suffixes)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [f"ml100k_text.{s}" for s in suffixes] + ["ml100k_text.text"]
+    )
+    for name, suffix in zip(sources, suffixes):
+        assert (folder / f"ml100k_text.{suffix}").read_bytes() == (
+            ML100K / name
+        ).read_bytes()
+    item_rows = _item_rows()
+    texts = read_item_text(folder / "ml100k_text.text")
+    assert len(texts) == 1682 and list(texts) == [row[0] for row in item_rows]
+    assert next(iter(texts.values())) == item_rows[0][1] == "Toy Story"
+    assert all(texts[row[0]] == row[1] for row in item_rows)
+    config_file = props / "ml100k_text.yaml"
+    loaded = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+    assert loaded["load_col"] == {
+        "inter": ["user_id", "item_id", "rating", "timestamp"]
+    }
+    assert loaded["text_side_file"] == "text" and loaded["ITEM_ID_FIELD"] == "item_id"
+
+    # RecBole reads the written folder with that yaml, and every item it knows has a text row
+    from recbole_transfer.config import Config
+    from recbole_transfer.quick_start import create_dataset
+
+    monkeypatch.setattr(sys, "argv", ["x"])
+    monkeypatch.chdir(tmp_path)
+    config = Config(
+        "SASRec",
+        "ml100k_text",
+        config_file_list=[str(config_file)],
+        config_dict={"data_path": str(out), "state": "WARNING"},
+    )
+    dataset = create_dataset(config)
+    assert dataset.inter_num == 100000 and dataset.item_num == 1683  # + padding
+    aligned = align_item_text(texts, list(dataset.field2id_token["item_id"]))
+    assert len(aligned) == 1683 and all(aligned[1:])
+
+    # several columns: joined with ". "
+    args = ["--recbole", ML100K, "--text_fields=movie_title,release_year,class"]
+    assert _prepare(*args, "--name", "ml100k_all", "--output_root", out) == 0
+    texts = read_item_text(out / "ml100k_all" / "ml100k_all.text")
+    assert texts["1"] == "Toy Story. 1995. Animation Children's Comedy"
+    assert all(texts[row[0]] == ". ".join(row[1:]) for row in item_rows)
+
+
+def _copy_ml100k(folder, suffixes=("inter", "item"), edit=None):
+    """RecBole's ml-100k files (``suffixes``) copied into ``folder`` as ``<folder name>.<suffix>``,
+    ``edit(suffix, lines)`` changing them."""
+    folder.mkdir(parents=True)
+    for suffix in suffixes:
+        lines = (ML100K / f"ml-100k.{suffix}").read_text(encoding="utf-8").split("\n")
+        if edit:
+            lines = edit(suffix, lines)
+        (folder / f"{folder.name}.{suffix}").write_text(
+            "\n".join(lines), encoding="utf-8"
+        )
+    return folder
+
+
+def test_recbole_folder_errors(tmp_path, capsys):
+    out = tmp_path / "out"
+    item = ML100K / "ml-100k.item"
+    assert (
+        _prepare("--recbole", ML100K, "--text_fields=title", "--output_root", out) == 2
+    )
+    assert capsys.readouterr().err == (
+        f"prepare: --text_fields: {item} has no column title "
+        "(columns: item_id, movie_title, release_year, class)\n"
+    )
+    assert _prepare("--recbole", ML100K, "--output_root", out) == 2
+    assert capsys.readouterr().err == (
+        f"prepare: --text_fields=COLUMN[,COLUMN...] is required with --recbole "
+        f"(columns of {item}: item_id, movie_title, release_year, class)\n"
+    )
+    args = ["--text_fields=movie_title", "--output_root", out]
+    assert _prepare("--recbole", ML100K, *args, "--kcore", "5") == 2
+    assert capsys.readouterr().err.startswith(
+        "prepare: --kcore applies to --csv and --amazon_ratings;"
+    )
+    assert _prepare("--recbole", ML100K, *args, "--csv", "my.csv", "--name", "X") == 2
+    assert (
+        capsys.readouterr().err
+        == "prepare: give --recbole alone, not with --csv or --amazon_ratings\n"
+    )
+    no_item = _copy_ml100k(tmp_path / "a" / "ml-100k", ("inter",))
+    assert _prepare("--recbole", no_item, *args) == 2
+    assert capsys.readouterr().err == (
+        f"prepare: --recbole {no_item}: no ml-100k.item (the item text is built from its columns)\n"
+    )
+    no_inter = _copy_ml100k(tmp_path / "b" / "ml-100k", ("item",))
+    assert _prepare("--recbole", no_inter, *args) == 2
+    assert capsys.readouterr().err.startswith(
+        f"prepare: --recbole {no_inter}: no ml-100k.inter"
+    )
+
+    def truncate_row_11(suffix, lines):
+        if suffix == "item":
+            lines[11] = "\t".join(lines[11].split("\t")[:3])  # file line 12
+        return lines
+
+    bad = _copy_ml100k(tmp_path / "c" / "ml-100k", edit=truncate_row_11)
+    assert _prepare("--recbole", bad, *args) == 2
+    assert capsys.readouterr().err == (
+        f"prepare: {bad / 'ml-100k.item'}:12: expected 4 tab-separated columns, got 3\n"
+    )
+    assert not out.exists()
+
+    # an item id column named otherwise (in .inter and .item, as RecBole needs): --item_field
+    def rename(suffix, lines):
+        lines[0] = lines[0].replace("item_id:token", "movie_id:token")
+        return lines
+
+    renamed = _copy_ml100k(tmp_path / "d" / "movies", edit=rename)
+    assert _prepare("--recbole", renamed, *args) == 2
+    assert capsys.readouterr().err == (
+        f"prepare: {renamed / 'movies.item'}:1: no item id column item_id "
+        "(columns: movie_id, movie_title, release_year, class); name it with --item_field\n"
+    )
+    args += ["--item_field=movie_id", "--write_yaml", "--properties_dir", tmp_path]
+    assert _prepare("--recbole", renamed, *args) == 0
+    assert capsys.readouterr().out.endswith(f"{out / 'movies'}\n")  # the folder's name
+    assert "ITEM_ID_FIELD: movie_id " in (tmp_path / "movies.yaml").read_text()
+    assert len(_rows(out / "movies" / "movies.text")) == 1682
+
+
+def test_recbole_failure_leaves_nothing(tmp_path, capsys, monkeypatch, scientific):
+    """The .text write fails after the copies were queued: no file, no temporary, no folder appears."""
+    write = utils.AtomicFiles.write
+
+    def failing_write(self, path, chunks):
+        if str(path).endswith(".text"):
+            raise OSError("disk full")
+        return write(self, path, chunks)
+
+    monkeypatch.setattr(utils.AtomicFiles, "write", failing_write)
+    out, props = tmp_path / "out", tmp_path / "props"
+    out.mkdir()
+    args = ["--recbole", ML100K, "--text_fields=movie_title", "--name", "ml100k_text"]
+    args += ["--output_root", out, "--write_yaml", "--properties_dir", props]
+    assert _prepare(*args) == 2
+    assert capsys.readouterr().err == "prepare: disk full\n"
+    assert list(out.iterdir()) == [] and not props.exists()
+    # the same for a CSV with text
+    seqs, texts = scientific
+    _write_csv(tmp_path / "my.csv", seqs, texts, list(seqs)[:5])
+    assert (
+        _prepare("--csv", tmp_path / "my.csv", "--name", "Mine", "--output_root", out)
+        == 2
+    )
+    assert capsys.readouterr().err == "prepare: disk full\n"
+    assert list(out.iterdir()) == []
+
+
+def test_recbole_options_need_recbole(tmp_path, capsys, scientific):
+    seqs, texts = scientific
+    _write_csv(tmp_path / "my.csv", seqs, texts, list(seqs)[:2])
+    args = ["--csv", tmp_path / "my.csv", "--name", "Mine", "--output_root", tmp_path]
+    assert _prepare(*args, "--text_fields=title") == 2
+    assert (
+        capsys.readouterr().err
+        == "prepare: --text_fields and --item_field go with --recbole\n"
+    )
+    assert not (tmp_path / "Mine").exists()

@@ -1,6 +1,7 @@
 """run_recbole_transfer.py end to end, and its one-line errors."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -140,3 +141,100 @@ def test_plugin_models_resolve_before_recbole(tiny_root, tmp_path, text_cache):
         torch.load(result["checkpoint"], weights_only=True)["config"]["model"]
         == "TextProbeSASRec"
     )
+
+
+@pytest.fixture(scope="module")
+def ml100k_cut(tmp_path_factory):
+    """RecBole's own ml-100k with the interactions of its first 150 users (ids 1..150); .item and .user whole."""
+    from recbole_transfer.data.folders import recbole_example_data
+
+    source = os.path.join(recbole_example_data(), "ml-100k")
+    root = tmp_path_factory.mktemp("ml100k")
+    folder = root / "ml-100k"
+    folder.mkdir()
+    for suffix in ("item", "user"):
+        shutil.copy(os.path.join(source, f"ml-100k.{suffix}"), folder)
+    with open(os.path.join(source, "ml-100k.inter"), encoding="utf-8") as fin:
+        lines = fin.readlines()
+    kept = [line for line in lines[1:] if int(line.split("\t", 1)[0]) <= 150]
+    (folder / "ml-100k.inter").write_text(lines[0] + "".join(kept), encoding="utf-8")
+    return root
+
+
+# each model type with RecBole's own defaults, the sequential one with the plugin's
+MODEL_TYPES = {
+    "BPR": {"recall@10", "mrr@10", "ndcg@10", "hit@10", "precision@10"},
+    "LightGCN": {"recall@10", "mrr@10", "ndcg@10", "hit@10", "precision@10"},
+    "ItemKNN": {"recall@10", "mrr@10", "ndcg@10", "hit@10", "precision@10"},
+    "FM": {"auc", "logloss"},
+    "SASRec": {"recall@10", "recall@50", "ndcg@10", "ndcg@50"},
+}
+
+
+@pytest.mark.parametrize("model", list(MODEL_TYPES))
+def test_every_model_type_runs_one_epoch_on_ml100k_through_the_cli(
+    model, ml100k_cut, tmp_path
+):
+    from recbole_transfer.quick_start import run_recbole_transfer
+
+    args = [f"--model={model}", "--dataset=ml-100k", f"--data_path={ml100k_cut}"]
+    args += [f"--checkpoint_dir={tmp_path / 'saved'}", "--epochs=1"]
+    args += ["--show_progress=False", "--log_flops=False", "--state=WARNING"]
+    results = []
+    real_run = run_recbole_transfer
+
+    def recording_run(*a, **k):
+        results.append(real_run(*a, **k))
+        return results[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            "recbole_transfer.quick_start.run_recbole_transfer", recording_run
+        )
+        assert run_recbole_transfer_cli(args) == 0
+    assert set(results[0]["test_result"]) == MODEL_TYPES[model]
+
+
+def run_recbole_transfer_cli(args):
+    return run_recbole_transfer.main(args)
+
+
+def test_a_stock_model_that_cannot_run_is_one_line_exit_2(ml100k_cut, tmp_path):
+    # KGAT needs a knowledge graph (and the dgl package): neither is here
+    cmd = [sys.executable, str(REPO / "run_recbole_transfer.py"), "--model=KGAT"]
+    cmd += ["--dataset=ml-100k", f"--data_path={ml100k_cut}", "--epochs=1"]
+    cmd += ["--state=WARNING"]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: RecBole's KGAT cannot run on ml-100k here: ")
+    ), proc.stderr[-1500:]
+
+
+def test_help_lists_models_and_datasets(capsys):
+    with pytest.raises(SystemExit) as done:
+        run_recbole_transfer.main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "plugin: BehaviorTuning, LRURec, MetaRec" in out
+    for family in ("general", "sequential", "context-aware", "knowledge-aware"):
+        assert f"RecBole {family}: " in out
+    assert "BPR" in out and "SASRec" in out
+    assert "Scientific" in out and "ml-100k" in out
+
+
+def test_unknown_model_without_close_match_names_what_exists(capsys):
+    assert run_recbole_transfer.main(["--model=Qqqqqqqq", "--dataset=Scientific"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(
+        "error: unknown model 'Qqqqqqqq'; plugin models: BehaviorTuning"
+    )
+    assert err.endswith(
+        "or any RecBole model (python run_recbole_transfer.py --help lists them)"
+    )
+    assert len(err.splitlines()) == 1

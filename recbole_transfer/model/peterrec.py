@@ -242,8 +242,8 @@ class PeterRec(SequentialRecommender):
         path = find_path(value)
         if path is None:
             raise UserInputError(f"pretrained_path '{value}' not found")
-        checkpoint = load_checkpoint(path)
-        saved = checkpoint.get("config", {}) if isinstance(checkpoint, dict) else {}
+        checkpoint = load_checkpoint(path, what="pretrained_path")
+        saved = checkpoint["config"]
         if saved.get("model") != "PeterRec" or saved.get("train_stage") != "pretrain":
             raise UserInputError(
                 f"pretrained_path '{path}' is not a PeterRec pretraining checkpoint"

@@ -182,8 +182,8 @@ class PLMItemInit:
             and mode.startswith("further")
             and not is_unset(config["pretrained_path"])
         ):
-            saved = load_checkpoint(_checkpoint_path(config))
-            return saved.get("config", {}).get("hidden_size", config["hidden_size"])
+            saved = load_checkpoint(_checkpoint_path(config), what="pretrained_path")
+            return saved["config"].get("hidden_size", config["hidden_size"])
         plm_size = dataset.plm_size or plm.plm_hidden_size(config["plm_name"])
         hidden = config["hidden_size"]
         if hidden is None or str(hidden).lower() == "auto":
@@ -235,8 +235,8 @@ class PLMItemInit:
 
     def load_freeze_checkpoint(self, config):
         path = _checkpoint_path(config)
-        checkpoint = load_checkpoint(path)
-        saved = checkpoint.get("config", {}) if isinstance(checkpoint, dict) else {}
+        checkpoint = load_checkpoint(path, what="pretrained_path")
+        saved = checkpoint["config"]
         model = type(self).__name__
         if saved.get("model") != model:
             raise PLMInitError(

@@ -173,14 +173,8 @@ class UniSRec(SequentialRecommender):
         }
 
     def load_pretrained(self, path):
-        checkpoint = load_checkpoint(path)
-        saved_config = (
-            checkpoint.get("config", {}) if isinstance(checkpoint, dict) else {}
-        )
-        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-            raise PretrainedCheckpointError(
-                f"pretrained_path '{path}' is not a checkpoint saved by this plugin"
-            )
+        checkpoint = load_checkpoint(path, what="pretrained_path")
+        saved_config = checkpoint["config"]
         if saved_config.get("model") != "UniSRec":
             raise PretrainedCheckpointError(
                 f"pretrained_path '{path}' holds a {saved_config.get('model', 'unknown')} checkpoint, not UniSRec"

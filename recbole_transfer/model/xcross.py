@@ -36,7 +36,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 
 from recbole_transfer import plm
 from recbole_transfer.errors import UserInputError
-from recbole_transfer.utils import atomic_folder, find_path, is_unset
+from recbole_transfer.utils import atomic_folder, find_path, is_unset, load_checkpoint
 
 HEAD_FILE = "prompt_head.pt"
 INFO_FILE = "prompt_lora.json"
@@ -109,7 +109,9 @@ def check_pooling(folder, pooling):
 def load_head(head, folder, pooling):
     check_pooling(folder, pooling)
     head.load_state_dict(
-        torch.load(os.path.join(folder, HEAD_FILE), map_location="cpu")
+        load_checkpoint(
+            os.path.join(folder, HEAD_FILE), what="adapter head", plugin=False
+        )
     )
 
 
@@ -364,11 +366,7 @@ class XCross(PromptRecommender):
             nn.init.zeros_(integrator.weight)
         for path in sources:  # every source must share the pooling, not only the head's
             check_pooling(path, self.pooling)
-        self.head.load_state_dict(
-            torch.load(
-                os.path.join(sources[head_source], HEAD_FILE), map_location="cpu"
-            )
-        )
+        load_head(self.head, sources[head_source], self.pooling)
         # pairs (m, j), j != m, in the order omega's columns are read
         self.register_buffer(
             "pair_other",

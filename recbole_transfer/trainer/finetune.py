@@ -11,6 +11,7 @@ from collections import OrderedDict
 import torch
 from recbole.trainer import Trainer
 
+from recbole_transfer.compat import plugin_trainer, restore_other_parameter
 from recbole_transfer.utils import load_checkpoint
 
 
@@ -27,7 +28,7 @@ def accuracy_and_macro_f1(predicted, label, n_classes):
     return accuracy, sum(f1s) / max(len(f1s), 1)
 
 
-class TargetTaskTrainer(Trainer):
+class TargetTaskTrainer(plugin_trainer(Trainer)):
     @staticmethod
     def _gather_over_ranks(users, predicted, labels):
         """Every rank's predictions, each user once: the distributed sampler repeats a few users so that all
@@ -62,7 +63,9 @@ class TargetTaskTrainer(Trainer):
                 model_file or self.saved_model_file, map_location=self.device
             )
             self.model.load_state_dict(checkpoint["state_dict"])
-            self.model.load_other_parameter(checkpoint.get("other_parameter"))
+            self.model.load_other_parameter(
+                restore_other_parameter(checkpoint.get("other_parameter"))
+            )
         self.model.eval()
         item_field = self.config["ITEM_ID_FIELD"]
         user_field = self.config["USER_ID_FIELD"]

@@ -14,6 +14,7 @@ import time
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
+from recbole_transfer.compat import PluginTrainer, plugin_trainer
 from recbole_transfer.trainer.pretrain import PretrainTrainer
 from recbole_transfer.utils import is_unset
 
@@ -44,7 +45,7 @@ class BehaviorTuningTrainer(PretrainTrainer):
         )
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-        Trainer._save_checkpoint(
+        PluginTrainer._save_checkpoint(
             self, epoch, verbose=False, **kwargs
         )  # the resumable latest state
         if epoch + 1 != self.epochs or not (
@@ -68,7 +69,7 @@ class BehaviorTuningTrainer(PretrainTrainer):
             self.logger.info(set_color("Saving tuned encoder", "blue") + f": {folder}")
 
 
-class PromptLoRATrainer(Trainer):
+class PromptLoRATrainer(plugin_trainer(Trainer)):
     def output_folder(self):
         """``adapter_dir``, else ``<checkpoint_dir>/PromptLoRA-<dataset>`` (+ ``-head`` for a head-only run)."""
         if not is_unset(self.config["adapter_dir"]):

@@ -32,6 +32,7 @@ from recbole.trainer import Trainer
 from recbole.utils import set_color
 from tqdm import tqdm
 
+from recbole_transfer.compat import plugin_trainer
 from recbole_transfer.errors import UserInputError
 from recbole_transfer.model.metarec import TARGET_DOMAIN
 
@@ -140,7 +141,7 @@ def rescaling_weights(meta_grads, source_steps, tau, rescale=True):
     return weights
 
 
-class MetaTrainer(Trainer):
+class MetaTrainer(plugin_trainer(Trainer)):
     def __init__(self, config, model):
         super().__init__(config, model)
         if config["transfer"] not in TRANSFERS:

@@ -11,10 +11,11 @@ import torch
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
+from recbole_transfer.compat import plugin_trainer
 from recbole_transfer.utils import load_checkpoint
 
 
-class PretrainTrainer(Trainer):
+class PretrainTrainer(plugin_trainer(Trainer)):
     evaluates = (
         False  # quick_start fits without a validation loader and skips the test pass
     )
