@@ -171,7 +171,13 @@ class Config(RecBoleConfig):
                 )
             self._update_internal_config_dict(file)
         for name in dataset_names(dataset):
-            file = os.path.join(PROPERTIES_DIR, "dataset", f"{name}.yaml")
+            # a dataset's own yaml in the working directory (written by prepare --write_yaml), else the shipped one
+            local = os.path.join("properties", "dataset", f"{name}.yaml")
+            file = (
+                local
+                if os.path.isfile(local)
+                else os.path.join(PROPERTIES_DIR, "dataset", f"{name}.yaml")
+            )
             if os.path.isfile(file):
                 loaded = self._update_internal_config_dict(file) or {}
                 self.parameters["Dataset"] += [
@@ -185,7 +191,8 @@ class Config(RecBoleConfig):
             self.final_config_dict["MODEL_TYPE"] = stage_type(
                 self.final_config_dict.get("train_stage")
             )
-        data_root = self.final_config_dict["data_path"]
+        data_root = self._data_root()
+        self.final_config_dict["data_path"] = data_root
         for name in dataset_names(self.dataset):
             if name in RECBOLE_BUILTIN_DATASETS:
                 if not os.path.isfile(os.path.join(data_root, name, f"{name}.inter")):
@@ -198,6 +205,19 @@ class Config(RecBoleConfig):
         super()._set_default_parameters()
         self.final_config_dict["data_root"] = data_root
         self.final_config_dict["source_datasets"] = self._source_datasets(data_root)
+
+    def _data_root(self):
+        """``data_path`` when given (RecBole's key); else ``./dataset`` when it holds the datasets, else the
+        shipped datasets."""
+        if "data_path" in self.external_config_dict:
+            return self.final_config_dict["data_path"]
+        names = [
+            n for n in dataset_names(self.dataset) if n not in RECBOLE_BUILTIN_DATASETS
+        ]
+        local = os.path.abspath("dataset")
+        if names and all(has_dataset(local, name) for name in names):
+            return local
+        return DATASET_DIR
 
     def _source_datasets(self, data_root):
         """``source_datasets`` as a list of names. Unset, a model that declares ``default_sources`` (``all`` or

@@ -19,7 +19,7 @@ from recbole.utils import get_environment, get_flops, init_logger, init_seed, se
 from recbole_transfer import compat, registry
 from recbole_transfer.config import Config
 from recbole_transfer.errors import UserInputError
-from recbole_transfer.utils import dataset_names
+from recbole_transfer.utils import dataset_names, load_checkpoint
 
 
 def create_dataset(config):
@@ -242,6 +242,84 @@ def run_pretrain_then_finetune(
     )
     finetune_dict = dict(config_dict, pretrained_path=pretrained["checkpoint"])
     return pretrained, run(name, dataset, config_file_list, finetune_dict, **run_args)
+
+
+# what a Config derives while it is built: recomputed, never read back from a checkpoint
+DERIVED_KEYS = (
+    "data_path",
+    "data_root",
+    "device",
+    "MODEL_TYPE",
+    "MODEL_INPUT_TYPE",
+    "eval_type",
+    "single_spec",
+    "local_rank",
+    "world_size",
+    "nproc",
+    "offset",
+    "ip",
+    "port",
+    "valid_neg_sample_args",
+    "test_neg_sample_args",
+)
+
+
+def load_data_and_model(model_file, dataset=None, config_dict=None):
+    """RecBole's ``load_data_and_model`` for checkpoints this pipeline writes (plugin or stock models; the file is
+    read with ``weights_only=True`` only). Returns ``(config, model, dataset, train_data, valid_data, test_data)``
+    with the model's trained weights, in eval mode. ``dataset`` reads another dataset with the same settings (a
+    text model on a domain it was not trained on); ``config_dict`` overrides settings (e.g. ``data_path``).
+    """
+    checkpoint = load_checkpoint(model_file, what="checkpoint")
+    saved = checkpoint["config"]
+    model_class = registry.get_model_class(saved["model"])
+    other_domain = dataset is not None and dataset != saved["dataset"]
+    if other_domain and not hasattr(model_class, "TRANSFERABLE"):
+        raise UserInputError(
+            f"a {saved['model']} checkpoint only scores the items it was trained on "
+            f"({saved['dataset']}); a text model (UniSRec) recommends for another dataset"
+        )
+    settings = {k: v for k, v in saved.items() if k not in DERIVED_KEYS}
+    negatives = settings.get("train_neg_sample_args")
+    if isinstance(negatives, dict) and negatives.get("distribution") == "none":
+        settings["train_neg_sample_args"] = None
+    settings["data_path"] = saved.get("data_root") or os.path.dirname(
+        saved["data_path"]
+    )
+    if (
+        other_domain
+    ):  # e.g. UniSRec: text only, the ID table belongs to the training domain
+        settings.update(getattr(model_class, "other_domain_settings", {}))
+    settings.update(config_dict or {})
+    argv, sys.argv = (
+        sys.argv,
+        sys.argv[:1],
+    )  # the checkpoint's settings, not this process's arguments
+    try:
+        config = Config(
+            saved["model"], dataset or saved["dataset"], config_dict=settings
+        )
+    finally:
+        sys.argv = argv
+    init_seed(config["seed"], config["reproducibility"])
+    data = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, data)
+    init_seed(config["seed"], config["reproducibility"])
+    with compat.building_stock_model():
+        model = model_class(config, train_data._dataset)
+    state = checkpoint["state_dict"]
+    if (
+        other_domain
+    ):  # only what does not depend on the items (e.g. UniSRec's encoder and adaptor)
+        state = {
+            k: v for k, v in state.items() if k.split(".")[0] in model.TRANSFERABLE
+        }
+    model.load_state_dict(state, strict=not other_domain)
+    model.load_other_parameter(
+        compat.restore_other_parameter(checkpoint.get("other_parameter"))
+    )
+    model = model.to(config["device"]).eval()
+    return config, model, data, train_data, valid_data, test_data
 
 
 def objective_function(config_dict=None, config_file_list=None, saved=True):

@@ -158,7 +158,7 @@ def load_checkpoint(path, map_location="cpu", what="checkpoint", plugin=True):
         ) from None
     except (
         Exception
-    ) as err:  # EOFError, KeyError on a text file, ...: not what torch.save writes
+    ):  # EOFError, KeyError, IndexError on a text file: not what torch.save writes
         raise CheckpointError(f"{where} is not a torch checkpoint") from None
     if plugin and not (
         isinstance(checkpoint, dict)

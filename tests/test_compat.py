@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from recbole_transfer import compat, utils
+from recbole_transfer.errors import UserInputError
 from recbole_transfer.config import Config
 from recbole_transfer.quick_start import build, run, run_recbole_transfer
 
@@ -155,7 +156,7 @@ def test_importing_the_plugin_leaves_recbole_as_shipped(
     from recbole.quick_start import load_data_and_model, run_recbole
     from recbole.trainer import AbstractTrainer, Trainer
 
-    import recbole_transfer  # noqa: F401
+    import recbole_transfer  # noqa: F401  (importing it is what is tested)
 
     for owner, name in [
         (Trainer, "_save_checkpoint"),
@@ -264,3 +265,48 @@ def test_cli_bad_checkpoint_is_one_line_exit_2(tiny_root, tmp_path):
             f"error: {key} '{code}' holds Python objects, not only tensors and plain values: refused "
             "(loading it could run code)"
         )
+
+
+def test_load_data_and_model_gives_back_the_trained_model(tiny_root, tmp_path):
+    from recbole.utils.case_study import full_sort_topk
+
+    from recbole_transfer.quick_start import load_data_and_model
+
+    config, model, trainer, (train, valid, test) = build(
+        "SASRec", "Scientific", config_dict=_tiny(tiny_root, tmp_path, epochs=1)
+    )
+    trainer.fit(train, valid, saved=True, show_progress=False)
+    trainer.evaluate(
+        test, load_best_model=True
+    )  # the trainer's model is now the saved one
+    loaded_config, loaded, dataset, _, _, loaded_test = load_data_and_model(
+        trainer.saved_model_file
+    )
+    assert type(loaded).__name__ == "SASRec" and not loaded.training
+    assert (
+        loaded_config["dataset"] == "Scientific" and loaded_config["hidden_size"] == 16
+    )
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    users = torch.arange(1, 21)
+    model.eval()
+    expected = full_sort_topk(users, model, test, k=10, device="cpu")
+    got = full_sort_topk(users, loaded, loaded_test, k=10, device="cpu")
+    assert torch.equal(got[1], expected[1])
+
+
+def test_load_data_and_model_refuses_an_id_model_on_another_dataset(
+    tiny_root, tmp_path
+):
+    from recbole_transfer.quick_start import load_data_and_model
+
+    config, model, trainer, (train, valid, test) = build(
+        "SASRec", "Scientific", config_dict=_tiny(tiny_root, tmp_path, epochs=1)
+    )
+    trainer.fit(train, valid, saved=True, show_progress=False)
+    with pytest.raises(UserInputError) as err:
+        load_data_and_model(trainer.saved_model_file, dataset="Tools")
+    assert str(err.value) == (
+        "a SASRec checkpoint only scores the items it was trained on (Scientific); "
+        "a text model (UniSRec) recommends for another dataset"
+    )

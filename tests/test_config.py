@@ -9,7 +9,7 @@ from recbole_transfer.config import Config, ConfigError, parse_cli_overrides
 from recbole_transfer.data.folders import UnknownDatasetError
 from recbole_transfer.registry import UnknownModelError
 
-from conftest import DATASET_DIR
+from conftest import DATASET_DIR, FAST, cut_users
 
 
 def test_plugin_yaml_layers_and_priorities(tmp_path, monkeypatch):
@@ -100,3 +100,24 @@ def test_cli_values_keep_second_equals_sign():
         "note": "a=b",
         "epochs": "3",
     }
+
+
+def test_datasets_in_the_working_directory_come_before_the_shipped_ones(tmp_path):
+    # conftest runs each test in tmp_path: a ./dataset there (as prepare writes it) is found without data_path
+    cut_users("Scientific", 30, tmp_path / "dataset")
+    (tmp_path / "dataset" / "Scientific" / "Scientific.inter").rename(
+        tmp_path / "dataset" / "Scientific" / "Mine.inter"
+    )
+    (tmp_path / "dataset" / "Scientific").rename(tmp_path / "dataset" / "Mine")
+    (tmp_path / "properties" / "dataset").mkdir(parents=True)
+    (tmp_path / "properties" / "dataset" / "Mine.yaml").write_text(
+        "load_col:\n  inter: [user_id, item_id, timestamp]\nMAX_ITEM_LIST_LENGTH: 7\n",
+        encoding="utf-8",
+    )
+    config = Config("SASRec", "Mine", config_dict=dict(FAST))
+    assert config["data_path"] == str(tmp_path / "dataset" / "Mine")
+    assert config["MAX_ITEM_LIST_LENGTH"] == 7  # its own yaml was read
+    shipped = Config("SASRec", "Scientific", config_dict=dict(FAST))
+    assert shipped["data_path"] == str(
+        DATASET_DIR / "Scientific"
+    )  # not in ./dataset: shipped

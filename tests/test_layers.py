@@ -20,6 +20,7 @@ RUNNER = {
     "compare",
     "measure",
     "pretrained",
+    "recommend",
 }
 # layer -> the package modules (first dotted part after recbole_transfer) it must not import
 FORBIDDEN = {

@@ -61,6 +61,8 @@ def resolve_pretrained_path(value, train_stage, pretrained_dir="pretrained"):
 
 class UniSRec(SequentialRecommender):
     source_stage = "pretrain"  # source_datasets are what this stage trains on (the runner runs it first)
+    # on a domain it was not trained on, a checkpoint scores from text only (its ID table is of its own items)
+    other_domain_settings = {"train_stage": "inductive_ft"}
     STAGES = ("pretrain", "inductive_ft", "transductive_ft")
     # weights that transfer between stages and domains (the text tables and the ID table do not)
     TRANSFERABLE = ("position_embedding", "LayerNorm", "trm_encoder", "moe_adaptor")
