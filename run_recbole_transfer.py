@@ -105,7 +105,7 @@ def main(argv=None):
     args, overrides = parser.parse_known_args(argv)
 
     from recbole_transfer.config import parse_cli_overrides
-    from recbole_transfer.errors import UserInputError
+    from recbole_transfer.errors import UserInputError, report
     from recbole_transfer.hyper import run_hyper
     from recbole_transfer.quick_start import (
         pretrains_on_sources,
@@ -170,8 +170,7 @@ def main(argv=None):
             sys.argv = [sys.argv[0]] + overrides
             run(args.model, args.dataset, config_file_list=config_files, **distributed)
     except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report(err)
     return 0
 
 

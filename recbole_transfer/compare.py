@@ -18,7 +18,7 @@ import sys
 from datetime import date
 
 from recbole_transfer.utils import atomic_write, atomic_write_text
-from recbole_transfer.errors import UserInputError
+from recbole_transfer.errors import UserInputError, report
 
 FIXED_COLUMNS = [
     "model",
@@ -249,8 +249,7 @@ def main(argv=None):
             args.dataset, models, parse_cli_overrides(overrides), config_files, args.out
         )
     except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report(err)
     print(
         f"wrote {os.path.join(args.out, args.dataset)}.csv/.md/.png ({len(rows)} models)"
     )

@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from recbole_transfer.errors import UserInputError
+from recbole_transfer.errors import UserInputError, report
 from recbole_transfer.quick_start import load_data_and_model
 from recbole_transfer.utils import atomic_write_text
 
@@ -196,8 +196,7 @@ def main(argv=None):
         else:
             sys.stdout.write(text)
     except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report(err)
     return 0
 
 
