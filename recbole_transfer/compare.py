@@ -68,11 +68,13 @@ def metric_columns(rows):
 
 
 def write_csv(csv_path, settings, rows):
-    columns = FIXED_COLUMNS + metric_columns(rows)
-    lines = [f"# settings: {json.dumps(settings, sort_keys=True)}", ",".join(columns)]
-    for row in rows:
-        lines.append(",".join(str(row.get(c, "")) for c in columns))
-    atomic_write_text(csv_path, "\n".join(lines) + "\n")
+    import pandas as pd
+
+    table = pd.DataFrame(rows, columns=FIXED_COLUMNS + metric_columns(rows))
+    settings_line = f"# settings: {json.dumps(settings, sort_keys=True)}\n"
+    atomic_write_text(
+        csv_path, settings_line + table.to_csv(index=False, lineterminator="\n")
+    )
 
 
 def write_markdown(md_path, dataset, settings, rows):

@@ -355,7 +355,7 @@ def test_accuracy_and_macro_f1():
     from recbole_transfer.trainer.finetune import accuracy_and_macro_f1
 
     accuracy, macro_f1 = accuracy_and_macro_f1(
-        torch.tensor([1, 1, 2, 2]), torch.tensor([1, 2, 2, 2]), 3
+        torch.tensor([1, 1, 2, 2]), torch.tensor([1, 2, 2, 2])
     )
     assert accuracy == 0.75
     assert macro_f1 == pytest.approx(

@@ -15,17 +15,14 @@ from recbole_transfer.compat import plugin_trainer, restore_other_parameter
 from recbole_transfer.utils import load_checkpoint
 
 
-def accuracy_and_macro_f1(predicted, label, n_classes):
-    """Share of correct predictions and the unweighted mean of per-class F1 over the classes present in either."""
-    accuracy = (predicted == label).float().mean().item()
-    f1s = []
-    for c in range(n_classes):
-        tp = ((predicted == c) & (label == c)).sum().item()
-        fp = ((predicted == c) & (label != c)).sum().item()
-        fn = ((predicted != c) & (label == c)).sum().item()
-        if tp + fp + fn:
-            f1s.append(2 * tp / (2 * tp + fp + fn))
-    return accuracy, sum(f1s) / max(len(f1s), 1)
+def accuracy_and_macro_f1(predicted, label):
+    """Share of correct predictions and the unweighted mean of per-class F1 over the classes present in either
+    (scikit-learn's macro F1; a class that is only predicted scores 0)."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    label, predicted = label.cpu().numpy(), predicted.cpu().numpy()
+    macro_f1 = f1_score(label, predicted, average="macro", zero_division=0)
+    return float(accuracy_score(label, predicted)), float(macro_f1)
 
 
 class TargetTaskTrainer(plugin_trainer(Trainer)):
@@ -83,10 +80,9 @@ class TargetTaskTrainer(plugin_trainer(Trainer)):
         if not self.config["single_spec"]:
             users, predicted, labels = self._gather_over_ranks(users, predicted, labels)
         majority = self.model.majority_label
-        n_classes = self.model.n_items
-        accuracy, macro_f1 = accuracy_and_macro_f1(predicted, labels, n_classes)
+        accuracy, macro_f1 = accuracy_and_macro_f1(predicted, labels)
         base_accuracy, base_f1 = accuracy_and_macro_f1(
-            torch.full_like(labels, majority), labels, n_classes
+            torch.full_like(labels, majority), labels
         )
         return OrderedDict(
             accuracy=round(accuracy, 4),
