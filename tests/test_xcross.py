@@ -66,7 +66,7 @@ def sources(data_root, tmp_path_factory):
     return paths
 
 
-def _xcross_sources(sources):
+def _source_keys(sources):
     """The keys naming the fixture's source adapters (folders PromptLoRA-<name> in one folder)."""
     return {
         "source_datasets": XCROSS_SOURCES,
@@ -156,7 +156,7 @@ def test_xcross_without_integration_reproduces_the_chosen_source(
         "XCross",
         data_root,
         tmp_path,
-        **_xcross_sources(sources),
+        **_source_keys(sources),
         xcross_alpha=0.0,
         xcross_beta=0.0,
         xcross_head_source=1,
@@ -192,7 +192,7 @@ def test_xcross_trains_only_its_integration_and_leaves_the_sources_bit_identical
         "XCross",
         data_root,
         tmp_path,
-        **_xcross_sources(sources),
+        **_source_keys(sources),
         xcross_layers=2,
         learning_rate=1e-2,
     )
