@@ -40,10 +40,10 @@ def _user_ids(dataset, users):
     return [index[u] for u in users]
 
 
-def _histories(dataset, user_ids):
-    """Every item each user interacted with, in time order. A sequential dataset's rows are its training examples
-    (one per prefix, the item being the prefix's next item), so a user's first item is only in the first prefix.
-    """
+def _histories(dataset):
+    """``{user id: every item of the user, in time order}``, read once. A sequential dataset's rows are its
+    training examples (one per prefix, the item being the prefix's next item), so a user's first item is only in
+    the first prefix."""
     inter = dataset.inter_feat
     users, items = inter[dataset.uid_field], inter[dataset.iid_field]
     seq_field = dataset.config["ITEM_ID_FIELD"] + dataset.config["LIST_SUFFIX"]
@@ -51,15 +51,19 @@ def _histories(dataset, user_ids):
     order_field = (
         dataset.config["ITEM_LIST_LENGTH_FIELD"] if sequential else dataset.time_field
     )
+    order = torch.arange(len(users))
     if order_field in inter:
         order = torch.argsort(inter[order_field], stable=True)
-        users, items = users[order], items[order]
-        firsts = inter[seq_field][order, 0] if sequential else None
+    order = order[torch.argsort(users[order], stable=True)]  # by user, in order within
+    users, items = users[order], items[order]
+    ids, counts = torch.unique_consecutive(users, return_counts=True)
+    firsts = inter[seq_field][order, 0] if sequential else None
     histories = {}
-    for user in user_ids:
-        rows = (users == user).nonzero().flatten()
+    for user, rows in zip(
+        ids.tolist(), torch.split(torch.arange(len(users)), counts.tolist())
+    ):
         history = items[rows]
-        if sequential and len(rows):
+        if sequential:
             history = torch.cat([firsts[rows[:1]], history])
         histories[user] = history
     return histories
@@ -83,12 +87,12 @@ def _sequence_input(dataset, config, histories, user_ids):
     return Interaction(fields)
 
 
-def scores_for(model, config, dataset, user_ids, include_seen=False):
-    """[len(user_ids), n_items] scores after each user's whole history; padding (and seen items) at -inf."""
+def scores_for(model, config, dataset, histories, user_ids, include_seen=False):
+    """[len(user_ids), n_items] scores after each user's whole history (``_histories``); padding (and seen
+    items) at -inf."""
     from recbole.data.interaction import Interaction
     from recbole.utils import ModelType
 
-    histories = _histories(dataset, user_ids)
     if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
         interaction = _sequence_input(dataset, config, histories, user_ids)
     else:
@@ -118,10 +122,11 @@ def recommend(
     user_ids = _user_ids(data, users)
     user_tokens = data.field2id_token[data.uid_field]
     item_tokens = data.field2id_token[data.iid_field]
+    histories = _histories(data)
     rows = []
     for start in range(0, len(user_ids), 256):
         batch = user_ids[start : start + 256]
-        scores = scores_for(model, config, data, batch, include_seen)
+        scores = scores_for(model, config, data, histories, batch, include_seen)
         top = torch.topk(scores, min(k, scores.shape[1] - 1), dim=1)
         for row, user in enumerate(batch):
             for rank, (score, item) in enumerate(
