@@ -17,6 +17,8 @@ import os
 import sys
 from datetime import date
 
+import pandas as pd
+
 from recbole_transfer.utils import atomic_write, atomic_write_text
 from recbole_transfer.errors import UserInputError, report
 
@@ -68,7 +70,6 @@ def metric_columns(rows):
 
 
 def write_csv(csv_path, settings, rows):
-    import pandas as pd
 
     table = pd.DataFrame(rows, columns=FIXED_COLUMNS + metric_columns(rows))
     settings_line = f"# settings: {json.dumps(settings, sort_keys=True)}\n"
@@ -93,9 +94,8 @@ def write_markdown(md_path, dataset, settings, rows):
         f"{date.today()}; the same split and seed for every model; test split, best validation checkpoint; "
         f"overrides: `{json.dumps(settings, sort_keys=True)}`.",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
     ]
+    cells_by_row = []
     for row in rows:
         share = 100.0 * float(row["trainable_share"])
         cells = [
@@ -109,8 +109,11 @@ def write_markdown(md_path, dataset, settings, rows):
             f"{float(row['seconds_per_epoch']):.1f}",
             f"{float(row['fit_minutes']):.1f}",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    atomic_write_text(md_path, "\n".join(lines) + "\n")
+        cells_by_row.append(cells)
+    table = pd.DataFrame(cells_by_row, columns=header).to_markdown(
+        index=False, disable_numparse=True
+    )
+    atomic_write_text(md_path, "\n".join(lines + [table]) + "\n")
 
 
 def write_plot(png_path, dataset, rows):

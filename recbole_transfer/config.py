@@ -23,11 +23,32 @@ from recbole_transfer.errors import UserInputError
 from recbole_transfer.utils import dataset_names, is_unset
 
 PACKAGE_ROOT = os.path.dirname(os.path.abspath(__file__))
-# the shipped yaml defaults, datasets and checkpoints sit beside the package
 REPO_ROOT = os.path.dirname(PACKAGE_ROOT)
-PROPERTIES_DIR = os.path.join(REPO_ROOT, "properties")
-DATASET_DIR = os.path.join(REPO_ROOT, "dataset")
-PRETRAINED_DIR = os.path.join(REPO_ROOT, "pretrained")
+
+
+def shipped_dir(name):
+    """Where the shipped folder ``name`` (properties, dataset, pretrained) is: inside the package for a wheel
+    install (setup.py copies it there), beside the package for a checkout or an editable install.
+    """
+    installed = os.path.join(PACKAGE_ROOT, "shipped", name)
+    return installed if os.path.isdir(installed) else os.path.join(REPO_ROOT, name)
+
+
+PROPERTIES_DIR = shipped_dir("properties")
+DATASET_DIR = shipped_dir("dataset")
+PRETRAINED_DIR = shipped_dir("pretrained")
+
+
+def shipped_file(path):
+    """``path`` when it exists from the working directory; else, for a relative path into the shipped folders
+    (``properties/task/X.yaml``, ``properties/hyper/M.hyper``), the shipped file; else ``path`` unchanged.
+    """
+    if os.path.isfile(path) or os.path.isabs(path):
+        return path
+    shipped = os.path.join(os.path.dirname(PROPERTIES_DIR), path)
+    return shipped if os.path.isfile(shipped) else path
+
+
 # keys that one name (source_datasets) replaced
 RENAMED_KEYS = {
     "source_dataset": "source_datasets",
@@ -118,7 +139,8 @@ class Config(RecBoleConfig):
         return self._convert_config_dict(parse_cli_overrides(sys.argv[1:]))
 
     def _load_config_files(self, file_list):
-        for file in file_list or []:
+        file_list = [shipped_file(file) for file in file_list or []]
+        for file in file_list:
             if not os.path.isfile(file):
                 raise ConfigError(f"config file '{file}' not found")
         return super()._load_config_files(file_list)

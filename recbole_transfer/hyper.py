@@ -16,6 +16,8 @@ import os
 import sys
 from datetime import datetime
 
+import pandas as pd
+
 from recbole_transfer.utils import atomic_write_text
 from recbole_transfer.errors import UserInputError
 
@@ -385,9 +387,8 @@ def markdown(summary):
         f"Best parameters (trial {best}): {best_params}; best valid {valid_metric} = "
         f"{summary['best_valid_score']:.4f}",
         "",
-        "| " + " | ".join(columns) + " |",
-        "|" + "---|" * len(columns),
     ]
+    cells_by_trial = []
     for number, trial in enumerate(summary["trials"], 1):
         score = trial["best_valid_score"]
         test = trial["test_result"] or {}
@@ -396,8 +397,11 @@ def markdown(summary):
         cells.append("" if score is None else f"{score:.4f}")
         cells += [f"{test[key]:.4f}" if key in test else "" for key in test_keys]
         cells.append(_cell(trial["status"]))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        cells_by_trial.append(cells)
+    table = pd.DataFrame(cells_by_trial, columns=columns).to_markdown(
+        index=False, disable_numparse=True
+    )
+    return "\n".join(lines + [table]) + "\n"
 
 
 def run_hyper(
@@ -420,8 +424,9 @@ def run_hyper(
     ``max_evals``: trials (exhaustive: at most the grid; default 10 otherwise).
     Returns ``{best_params, best_valid_score, best_test_result, trials, ...}``.
     """
-    from recbole_transfer.config import Config
+    from recbole_transfer.config import Config, shipped_file
 
+    hyper_file = shipped_file(hyper_file)
     if tool not in TOOLS:
         raise UserInputError(f"unknown tool '{tool}': use {' or '.join(TOOLS)}")
     algo = algo or ("exhaustive" if tool == "hyperopt" else "random")

@@ -13,6 +13,8 @@ from recbole_transfer.utils import find_path
 
 PACKAGE = REPO / "recbole_transfer"
 RUNNER = {
+    "__main__",
+    "cli",
     "config",
     "quick_start",
     "registry",
