@@ -4,8 +4,10 @@
     python -m recbole_transfer --model=SASRec --dataset=Scientific ...   (the same, from an installed package)
 
 ``--nproc=N`` trains with N processes through torch.distributed (NCCL on GPUs, gloo on CPU).
-``--source_datasets=A,B`` with UniSRec first runs its pretrain stage on A and B merged, then fine-tunes on --dataset
-from that checkpoint (the other --key=value pairs apply to both stages; train_stage to the fine-tuning one).
+A model whose inputs come from earlier stages runs them first, or reuses them from ``<checkpoint_dir>/stages``:
+PLMInitSASRec/BERT4Rec (behavior tuning PT on the sources, FT on the target), XCross (one PromptLoRA per source),
+PeterRec fine-tuning (pretraining on its source), UniSRec with ``--source_datasets`` (pretraining on them).
+``--<stage>.key=value`` sets a key of that stage only (``--PT.epochs=1``, ``--source.max_train_examples=500``).
 ``--hyper=FILE.hyper`` sweeps that space instead of training once (``--tool=hyperopt|ray``, ``--algo``,
 ``--max_evals``); the --key=value pairs are fixed for every trial. Results: ``--hyper_output`` (.md and .json).
 """
@@ -108,11 +110,7 @@ def main(argv=None):
     from recbole_transfer.config import parse_cli_overrides
     from recbole_transfer.errors import UserInputError, report
     from recbole_transfer.hyper import run_hyper
-    from recbole_transfer.quick_start import (
-        pretrains_on_sources,
-        run,
-        run_pretrain_then_finetune,
-    )
+    from recbole_transfer.recipe import run_recipe, split_stage_overrides
 
     config_files = (
         args.config_files.replace(",", " ").split() if args.config_files else None
@@ -125,17 +123,15 @@ def main(argv=None):
         group_offset=args.group_offset,
     )
     try:
-        cli = parse_cli_overrides(overrides)
-        # UniSRec with source_datasets: pretrain on them first (other models read source_datasets themselves)
-        recipe = "source_datasets" in cli and pretrains_on_sources(args.model)
-        if args.hyper and (args.nproc != 1 or recipe):
-            raise UserInputError(
-                "--hyper runs every trial in one process on one dataset; drop --nproc and "
-                "--source_datasets"
-            )
+        scoped, cli = split_stage_overrides(parse_cli_overrides(overrides))
+        # the overrides reach every run through config_dict; RecBole's Config must not read them again
+        sys.argv = [sys.argv[0]]
         if args.hyper:
-            # the overrides go to every trial through config_dict; RecBole's Config must not read them again
-            sys.argv = [sys.argv[0]]
+            if scoped:
+                raise UserInputError(
+                    f"--hyper sweeps one model: --{next(iter(scoped))}.KEY sets a recipe stage; "
+                    "run the recipe once and sweep with its outputs given"
+                )
             summary = run_hyper(
                 args.model,
                 args.dataset,
@@ -154,22 +150,16 @@ def main(argv=None):
                 f"{summary['best_valid_score']:.4f})"
             )
             print(f"results: {' and '.join(summary['files'])}")
-        elif recipe:
-            # both stages get the overrides through config_dict, so each stage can set its own train_stage
-            sys.argv = [sys.argv[0]]
-            sources = cli.pop("source_datasets")
-            run_pretrain_then_finetune(
+        else:
+            # the stages the model's inputs come from run first (or are reused from the cache)
+            run_recipe(
                 args.model,
                 args.dataset,
-                sources,
                 config_file_list=config_files,
                 config_dict=cli,
+                scoped=scoped,
                 **distributed,
             )
-        else:
-            # RecBole's Config reads the remaining --key=value pairs from sys.argv.
-            sys.argv = [sys.argv[0]] + overrides
-            run(args.model, args.dataset, config_file_list=config_files, **distributed)
     except UserInputError as err:
         return report(err)
     return 0

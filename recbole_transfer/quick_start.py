@@ -19,7 +19,7 @@ from recbole.utils import get_environment, get_flops, init_logger, init_seed, se
 from recbole_transfer import compat, registry
 from recbole_transfer.config import Config
 from recbole_transfer.errors import UserInputError
-from recbole_transfer.utils import dataset_names, load_checkpoint
+from recbole_transfer.utils import load_checkpoint
 
 
 def create_dataset(config):
@@ -208,40 +208,6 @@ def run(
         join=True,
     )
     return None if queue.empty() else queue.get()
-
-
-def pretrains_on_sources(model):
-    """Whether ``model``'s pretrain stage trains on ``source_datasets`` (then the runner runs it first)."""
-    name = registry.resolve_model_name(model)
-    return getattr(registry.get_model_class(name), "source_stage", None) == "pretrain"
-
-
-def run_pretrain_then_finetune(
-    model, dataset, source_datasets, config_file_list=None, config_dict=None, **run_args
-):
-    """The whole recipe: the model's pretrain stage on ``source_datasets`` merged (a list or ``'A,B'``), then its
-    fine-tuning stage (``train_stage`` from the config, e.g. UniSRec's transductive_ft) on ``dataset`` from the
-    last pretrain snapshot. Returns ``(pretrain_result, finetune_result)``."""
-    name = registry.resolve_model_name(model)
-    if not pretrains_on_sources(name):
-        raise UserInputError(f"model '{name}' has no pretrain stage on source_datasets")
-    sources = dataset_names(source_datasets)
-    if dataset in sources:
-        raise UserInputError(
-            f"source_datasets must not include the target dataset '{dataset}'"
-        )
-    config_dict = dict(config_dict or {})
-    if config_dict.get("train_stage") == "pretrain":
-        raise UserInputError(
-            "source_datasets runs the pretrain stage itself; pass a fine-tuning train_stage"
-        )
-    config_dict["source_datasets"] = sources
-    pretrain_dict = dict(config_dict, train_stage="pretrain", pretrained_path=None)
-    pretrained = run(
-        name, ",".join(sources), config_file_list, pretrain_dict, **run_args
-    )
-    finetune_dict = dict(config_dict, pretrained_path=pretrained["checkpoint"])
-    return pretrained, run(name, dataset, config_file_list, finetune_dict, **run_args)
 
 
 # what a Config derives while it is built: recomputed, never read back from a checkpoint

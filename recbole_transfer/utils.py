@@ -189,3 +189,28 @@ def atomic_folder(write, folder):
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def input_stage(
+    name,
+    model,
+    datasets,
+    output_key=None,
+    settings=None,
+    sources=False,
+    same_model=False,
+    group=None,
+):
+    """One stage a model's input comes from, as a model's ``input_stages`` declares it and the runner's recipe
+    runs it (recbole_transfer.recipe documents each field); ``"@NAME"`` in ``settings`` is stage NAME's output.
+    """
+    return {
+        "name": name,
+        "group": group or name,
+        "model": model,
+        "datasets": dataset_names(datasets) if datasets else [],
+        "output_key": output_key,
+        "settings": dict(settings or {}),
+        "sources": sources,
+        "same_model": same_model,
+    }

@@ -233,11 +233,13 @@ def test_peterrec_takes_exactly_one_source(tmp_path):
 
 
 def test_unisrec_recipe_refuses_the_target_as_a_source():
-    from recbole_transfer.quick_start import run_pretrain_then_finetune
+    from recbole_transfer.recipe import run_recipe
 
     with pytest.raises(UserInputError) as err:
-        run_pretrain_then_finetune(
-            "UniSRec", "Scientific", "Tools,Scientific", config_dict=dict(FAST)
+        run_recipe(
+            "UniSRec",
+            "Scientific",
+            config_dict=dict(FAST, source_datasets="Tools,Scientific"),
         )
     assert (
         str(err.value)

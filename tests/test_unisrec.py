@@ -360,12 +360,11 @@ def test_resume_continues_with_the_identical_next_epoch(
 def test_recipe_pretrains_then_finetunes_from_the_snapshot(
     data_root, tmp_path, text_cache
 ):
-    from recbole_transfer.quick_start import run_pretrain_then_finetune
+    from recbole_transfer.recipe import run_recipe
 
-    pretrained, finetuned = run_pretrain_then_finetune(
+    done = run_recipe(
         "unisrec",
         "Scientific",
-        "Tools,Electronics",
         config_dict=_config(
             data_root,
             tmp_path,
@@ -373,17 +372,22 @@ def test_recipe_pretrains_then_finetunes_from_the_snapshot(
             pretrain_epochs=1,
             epochs=1,
             train_stage="inductive_ft",
+            source_datasets="Tools,Electronics",
         ),
     )
-    assert pretrained["checkpoint"].endswith("UniSRec-Tools,Electronics-pretrain-1.pth")
-    assert set(finetuned["test_result"]) == {
+    (pretrain,) = done["stages"]
+    assert pretrain["datasets"] == ["Tools", "Electronics"]
+    assert pretrain["settings"]["train_stage"] == "pretrain"
+    assert set(done["result"]["test_result"]) == {
         "recall@10",
         "recall@50",
         "ndcg@10",
         "ndcg@50",
     }
-    fine_config = torch.load(finetuned["checkpoint"], weights_only=True)["config"]
-    assert fine_config["pretrained_path"] == pretrained["checkpoint"]
+    saved = torch.load(pretrain["output"], weights_only=True)["config"]
+    assert saved["train_stage"] == "pretrain" and saved["pretrain_epochs"] == 1
+    fine_config = torch.load(done["result"]["checkpoint"], weights_only=True)["config"]
+    assert fine_config["pretrained_path"] == pretrain["output"]
     assert fine_config["train_stage"] == "inductive_ft"
 
 

@@ -29,7 +29,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 
 from recbole_transfer.errors import UserInputError
 from recbole_transfer.model.layers import ModelPatch
-from recbole_transfer.utils import find_path, is_unset, load_checkpoint
+from recbole_transfer.utils import find_path, input_stage, is_unset, load_checkpoint
 
 INSERTIONS = ("none", "serial_b", "serial_c", "parallel_d", "parallel_e")
 
@@ -119,6 +119,29 @@ class PeterRec(SequentialRecommender):
     MODES = ("peterrec", "fine_all", "fine_cls", "fine_last", "peter_zero")
     # pretrained weights a fine-tuning run loads (the pretraining softmax layer is replaced by the task head)
     BACKBONE = ("item_embedding", "blocks")
+
+    @classmethod
+    def input_stages(cls, config):
+        """Fine-tuning without pretrained_path: pretraining on the source dataset runs first (with the command
+        line's keys, so both stages share the backbone). An item task's source never holds the target's data; a
+        profile task's input sequences are the target users' own histories."""
+        if config["train_stage"] == "pretrain" or not is_unset(
+            config["pretrained_path"]
+        ):
+            return [], {}
+        stage = input_stage(
+            "pretrain",
+            "PeterRec",
+            config["source_datasets"],
+            settings={
+                "train_stage": "pretrain",
+                "pretrained_path": None,
+                "source_datasets": None,
+            },
+            sources=config["target_task"] == "item",
+            same_model=True,
+        )
+        return [stage], {"pretrained_path": "@pretrain"}
 
     @staticmethod
     def stage_model_type(train_stage):

@@ -32,6 +32,7 @@ from recbole_transfer.utils import (
     atomic_folder,
     dataset_names,
     find_path,
+    input_stage,
     is_unset,
     load_checkpoint,
 )
@@ -172,6 +173,41 @@ class PLMItemInit:
     """What PLMInitSASRec and PLMInitBERT4Rec add to their stock model: the item table's start and its mode.
     Rows 1 .. n_items - 1 are the items (row 0 is padding; BERT4Rec's mask token row follows the items).
     """
+
+    # behavior tuning's PT stage reads the other text domains of the target's family by default
+    default_sources = "text"
+
+    @classmethod
+    def input_stages(cls, config):
+        """init_type pretrain / finetune without init_plm_path: PT (BehaviorTuning on source_datasets) and, for
+        finetune, FT (PT tuned further on this dataset's training split) run first."""
+        init_type = config["init_type"]
+        if init_type not in ("pretrain", "finetune") or not is_unset(
+            config["init_plm_path"]
+        ):
+            return [], {}
+        shared = {"plm_name": config["plm_name"], "plm_pooling": config["plm_pooling"]}
+        stages = [
+            input_stage(
+                "PT",
+                "BehaviorTuning",
+                config["source_datasets"],
+                output_key="tuned_plm_dir",
+                settings=shared,
+                sources=True,
+            )
+        ]
+        if init_type == "finetune":
+            stages.append(
+                input_stage(
+                    "FT",
+                    "BehaviorTuning",
+                    config["dataset"],
+                    output_key="tuned_plm_dir",
+                    settings=dict(shared, init_plm_path="@PT"),
+                )
+            )
+        return stages, {"init_plm_path": "@" + stages[-1]["name"]}
 
     @staticmethod
     def resolve_hidden_size(config, dataset):

@@ -30,7 +30,7 @@ from recbole_transfer import compat
 from recbole_transfer.data.augment import item_drop
 from recbole_transfer.errors import UserInputError
 from recbole_transfer.model.layers import MoEAdaptor, length_buckets
-from recbole_transfer.utils import find_path, is_unset, load_checkpoint
+from recbole_transfer.utils import find_path, input_stage, is_unset, load_checkpoint
 
 
 class PretrainedCheckpointError(UserInputError):
@@ -60,7 +60,6 @@ def resolve_pretrained_path(value, train_stage, pretrained_dir="pretrained"):
 
 
 class UniSRec(SequentialRecommender):
-    source_stage = "pretrain"  # source_datasets are what this stage trains on (the runner runs it first)
     # on a domain it was not trained on, a checkpoint scores from text only (its ID table is of its own items)
     other_domain_settings = {"train_stage": "inductive_ft"}
     STAGES = ("pretrain", "inductive_ft", "transductive_ft")
@@ -68,6 +67,34 @@ class UniSRec(SequentialRecommender):
     TRANSFERABLE = ("position_embedding", "LayerNorm", "trm_encoder", "moe_adaptor")
     # the "universal sequence representation" part, frozen while fine-tuning from a pretrained checkpoint
     ENCODER = ("position_embedding", "LayerNorm", "trm_encoder")
+
+    @classmethod
+    def input_stages(cls, config):
+        """A fine-tuning stage with source_datasets: pretraining on them (merged) runs first, with the command
+        line's keys, and its last snapshot is the pretrained_path (instead of the shipped checkpoint).
+        """
+        sources = config["source_datasets"]
+        if config["train_stage"] == "pretrain" or not sources:
+            return [], {}
+        given = config["pretrained_path"]
+        if not is_unset(given) and given != "shipped":
+            raise PretrainedCheckpointError(
+                f"give pretrained_path ({given}) or source_datasets (pretrain on them first), not both"
+            )
+        stage = input_stage(
+            "pretrain",
+            "UniSRec",
+            sources,
+            settings={
+                "train_stage": "pretrain",
+                "pretrained_path": None,
+                "source_datasets": None,
+            },
+            sources=True,
+            same_model=True,
+        )
+        return [stage], {"pretrained_path": "@pretrain"}
+
     # config keys that must agree between a pretrained checkpoint and the run loading it
     ARCHITECTURE_KEYS = (
         "hidden_size",

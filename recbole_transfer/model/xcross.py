@@ -36,7 +36,13 @@ from recbole.model.abstract_recommender import SequentialRecommender
 
 from recbole_transfer import plm
 from recbole_transfer.errors import UserInputError
-from recbole_transfer.utils import atomic_folder, find_path, is_unset, load_checkpoint
+from recbole_transfer.utils import (
+    atomic_folder,
+    find_path,
+    input_stage,
+    is_unset,
+    load_checkpoint,
+)
 
 HEAD_FILE = "prompt_head.pt"
 INFO_FILE = "prompt_lora.json"
@@ -124,9 +130,25 @@ def _adapter_folder(path):
     return found
 
 
+# the PromptLoRA keys a source adapter must share with the X-Cross run that integrates it
+SOURCE_STAGE_KEYS = (
+    "plm_name",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "xc_pooling",
+    "xc_history_items",
+    "xc_title_tokens",
+    "xc_max_length",
+    "xc_negatives",
+)
+
+
 def source_adapter_folders(config):
-    """The PromptLoRA folder of each of ``source_datasets``: ``<source_adapter_dir>/PromptLoRA-<source>``
-    (``source_adapter_dir`` unset: ``checkpoint_dir``, where ``--model=PromptLoRA --dataset=<source>`` exports).
+    """The PromptLoRA folder of each of ``source_datasets``: ``source_adapters`` (one folder per source, as the
+    runner's recipe passes them), else ``<source_adapter_dir>/PromptLoRA-<source>`` (``source_adapter_dir``
+    unset: ``checkpoint_dir``, where ``--model=PromptLoRA --dataset=<source>`` exports).
     """
     names = config["source_datasets"] or []
     if len(names) < 2:
@@ -138,6 +160,13 @@ def source_adapter_folders(config):
         raise XCrossError(
             f"source_datasets must not include the target dataset '{config['dataset']}'"
         )
+    given = config["source_adapters"]
+    if not is_unset(given):
+        if len(given) != len(names):
+            raise XCrossError(
+                f"source_adapters names {len(given)} folders for {len(names)} source_datasets"
+            )
+        return [_adapter_folder(folder) for folder in given]
     root = (
         config["checkpoint_dir"]
         if is_unset(config["source_adapter_dir"])
@@ -323,6 +352,31 @@ class PromptLoRA(PromptRecommender):
 
 class XCross(PromptRecommender):
     yaml_bases = ("PromptLoRA",)
+    # the other text domains of the target's family, each with its own PromptLoRA
+    default_sources = "text"
+
+    @classmethod
+    def input_stages(cls, config):
+        """Neither source_adapters nor source_adapter_dir given: one PromptLoRA per source runs first (stage
+        group ``source``), with the prompt and adapter keys of this run."""
+        if not is_unset(config["source_adapters"]) or not is_unset(
+            config["source_adapter_dir"]
+        ):
+            return [], {}
+        shared = {k: config[k] for k in SOURCE_STAGE_KEYS}
+        stages = [
+            input_stage(
+                f"source {name}",
+                "PromptLoRA",
+                name,
+                output_key="adapter_dir",
+                settings=shared,
+                sources=True,
+                group="source",
+            )
+            for name in config["source_datasets"] or []
+        ]
+        return stages, {"source_adapters": ["@" + stage["name"] for stage in stages]}
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
