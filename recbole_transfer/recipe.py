@@ -317,6 +317,23 @@ def run_stage(stage, number, total, run_args):
     return output
 
 
+def run_input_stages(
+    model,
+    dataset,
+    config_file_list=None,
+    config_dict=None,
+    scoped=None,
+    **run_args,
+):
+    """Run (or reuse) the stages ``model``'s inputs come from, without the model itself. Returns
+    ``(stages, feeds)``: ``feeds`` are the model's keys set to the finished outputs (add them to its config_dict).
+    """
+    _, stages, feeds = plan(model, dataset, config_file_list, config_dict, scoped)
+    for number, stage in enumerate(stages, 1):
+        stage["output"] = run_stage(stage, number, len(stages), run_args)
+    return stages, feeds
+
+
 def run_recipe(
     model,
     dataset,
@@ -328,11 +345,11 @@ def run_recipe(
     """Run ``model`` on ``dataset``, first running (or reusing) the stages its inputs come from. ``scoped``:
     ``{stage group: {key: value}}`` for the stages only. Returns ``{'stages': [...], 'result': <run's result>}``.
     """
-    target, stages, feeds = plan(model, dataset, config_file_list, config_dict, scoped)
-    for number, stage in enumerate(stages, 1):
-        stage["output"] = run_stage(stage, number, len(stages), run_args)
+    stages, feeds = run_input_stages(
+        model, dataset, config_file_list, config_dict, scoped, **run_args
+    )
     result = run(
-        target["model"],
+        registry.resolve_model_name(model),
         dataset,
         config_file_list,
         dict(config_dict or {}, **feeds),
