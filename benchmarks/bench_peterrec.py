@@ -4,20 +4,29 @@ fine-tuning mode x patch insertion, with the trainable-parameter share.
     python benchmarks/bench_peterrec.py --task=beauty_to_electronics --dataset=ABE_Electronics [--key=value ...]
     python benchmarks/bench_peterrec.py --task=ml100k_gender --dataset=ml-100k [--kinds=causal] [--key=value ...]
 
-``--task`` names a file in properties/task/. ``--key=value`` pairs go to every run (pretraining included);
-``--pretrain_epochs`` caps the pretraining runs only.
-Rows are appended to ``--out`` as they finish (rows already there are skipped); pretraining checkpoints are kept
-in ``<out>.json``.
+``--task`` names a file in properties/task/. Pretraining is PeterRec's recipe stage ``pretrain``
+(``recbole_transfer.recipe``: PeterRec on the task's source, causal or not), run once per kind and then reused from
+the stage cache ``<checkpoint_dir>/stages/``; its checkpoint is every fine-tuning row's pretrained_path.
+``--key=value`` pairs go to every run (pretraining included); ``--pretrain_epochs`` caps the pretraining stage only.
+Rows are appended to ``--out`` as they finish (rows already there are skipped; a kind whose rows are all there
+does not touch its pretraining). The pretraining's own test metrics are not printed (the stage cache keeps its
+checkpoint and minutes only).
 """
 
 import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import append_row, fit_and_measure, has_row, start_table  # noqa: E402
+from common import (  # noqa: E402
+    append_row,
+    fit_and_measure,
+    has_row,
+    input_stages,
+    stage_minutes,
+    start_table,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (finetune_mode, patch_insertion): the paper's comparisons; parallel_e is its ablation
@@ -81,33 +90,35 @@ def main():
             "s/epoch",
         ],
     )
-    state_file = out + ".json"
-    state = (
-        json.load(open(state_file, encoding="utf-8"))
-        if os.path.isfile(state_file)
-        else {}
-    )
 
     for kind in args.kinds.split(","):
         causal = kind == "causal"
-        key = f"pretrain {kind}"
-        if (
-            key not in state
-        ):  # pretraining on the source, evaluated on its next (masked) item
-            pretrain = dict(common, causal=causal)
-            if args.pretrain_epochs is not None:
-                pretrain["epochs"] = args.pretrain_epochs
-            result = fit_and_measure("PeterRec", task["source_datasets"][0], pretrain)
-            state[key] = {
-                "checkpoint": result["checkpoint"],
-                "test": result["test"],
-                "epoch_seconds": result["epoch_seconds"],
-            }
-            with open(state_file, "w", encoding="utf-8") as f:
-                json.dump(state, f, indent=1)
-        print(f"{key}: {state[key]}", flush=True)
-        for mode, insertion in RUNS:
-            label = f"| {args.task} | {kind} | {mode} | {insertion} |"
+        labels = [
+            (mode, insertion, f"| {args.task} | {kind} | {mode} | {insertion} |")
+            for mode, insertion in RUNS
+        ]
+        if all(has_row(out, label) for _, _, label in labels):
+            print(f"skip {kind}: every row already in {out}")
+            continue
+        # the recipe's pretraining on the task's source (the task file's keys stay with fine-tuning)
+        scoped = (
+            {"pretrain": {"epochs": args.pretrain_epochs}}
+            if args.pretrain_epochs is not None
+            else None
+        )
+        stages, feeds = input_stages(
+            "PeterRec",
+            args.dataset,
+            config_file_list=[task_file],
+            config_dict=dict(common, causal=causal, pretrained_path=None),
+            scoped=scoped,
+        )
+        pretrained = feeds["pretrained_path"]
+        print(
+            f"pretrain {kind}: {pretrained} ({stage_minutes(stages[0])} min)",
+            flush=True,
+        )
+        for mode, insertion, label in labels:
             if has_row(out, label):
                 print(f"skip {label}")
                 continue
@@ -116,7 +127,7 @@ def main():
                 causal=causal,
                 finetune_mode=mode,
                 patch_insertion=insertion,
-                pretrained_path=state[key]["checkpoint"],
+                pretrained_path=pretrained,
             )
             result = fit_and_measure(
                 "PeterRec", args.dataset, config, config_files=[task_file]

@@ -4,10 +4,15 @@ full ranking and 100 sampled negatives (uni100), plus the behavior-tuning cost.
     python benchmarks/bench_plm_init.py --dataset=Scientific --sources=Electronics,Sports,Toys,Tools \\
         [--models=SASRec,BERT4Rec] [--tune="max_train_examples=8000"] [--key=value ...]
 
-Behavior tuning runs first where its folder is missing: PT on the sources (``<saved>/BehaviorTuning-<sources>``),
-then FT = PT tuned on the target's training split. ``--tune`` adds tuning-only keys (space-separated key=value);
-``--key=value`` pairs go to every model run. Rows are appended to ``--out`` as they finish (rows already there are
-skipped); the checkpoints of freeze runs are kept in ``<out>.json`` for the further-train rows.
+Behavior tuning comes first, from the PLM-init recipe (``recbole_transfer.recipe``): stage PT (BehaviorTuning on
+``--sources``) and stage FT (PT tuned on the target's training split), each run once and then reused from the
+stage cache ``<saved>/stages/`` (``--saved`` defaults to ``--checkpoint_dir``, else ``saved``); the PT and FT rows
+start from their outputs. ``--tune`` adds tuning-only keys (space-separated key=value) to both stages, FT always
+tuning on every training example (max_train_examples=0); ``--key=value`` pairs go to every model run (and the
+stages' shared keys: seed, data_path, plm_name...). The tuning table ``bench_plm_init_tuning.md`` (next to
+``--out``) gets one row per stage from its ``behavior_tuning.json``. Rows are appended to ``--out`` as they finish
+(rows already there are skipped); the checkpoints of freeze runs are kept in ``<out>.json`` for the further-train
+rows.
 """
 
 import argparse
@@ -17,7 +22,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import METRICS, SAMPLED_METRICS, fit_and_measure, machine  # noqa: E402
+from common import (  # noqa: E402
+    METRICS,
+    SAMPLED_METRICS,
+    fit_and_measure,
+    input_stages,
+    machine,
+    stage_output,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INITS = {"LF": "plm", "PT": "pretrain", "FT": "finetune"}
@@ -27,32 +39,6 @@ HEADER = (
     "| | | | | uni100 | uni100 | uni100 | uni100 | full | full | full | | |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
 )
-
-
-def _tune(dataset, folder, config_dict):
-    """Behavior-tune an encoder into ``folder`` in a fresh process (skipped if the folder exists)."""
-    import multiprocessing as mp
-
-    if os.path.isdir(folder):
-        print(f"skip tuning: {folder} exists")
-        return
-    ctx = mp.get_context("spawn")
-    proc = ctx.Process(
-        target=_tune_process, args=(dataset, dict(config_dict, tuned_plm_dir=folder))
-    )
-    proc.start()
-    proc.join()
-    if proc.exitcode != 0 or not os.path.isdir(folder):
-        raise RuntimeError(
-            f"behavior tuning on {dataset} failed (exit code {proc.exitcode})"
-        )
-
-
-def _tune_process(dataset, config_dict):
-    sys.argv = sys.argv[:1]
-    from recbole_transfer.quick_start import run_recbole_transfer
-
-    run_recbole_transfer("BehaviorTuning", dataset, config_dict=config_dict)
 
 
 def tuning_row(stage, folder):
@@ -122,7 +108,11 @@ def main():
     parser.add_argument(
         "--only", default="", help="comma-separated labels to run (default: all)"
     )
-    parser.add_argument("--saved", default="saved")
+    parser.add_argument(
+        "--saved",
+        default=None,
+        help="checkpoint_dir of the tuning stages, cached in <saved>/stages/ (default: --checkpoint_dir, else saved)",
+    )
     parser.add_argument("--out", default=None)
     args, overrides = parser.parse_known_args()
     sys.path.insert(0, ROOT)
@@ -133,12 +123,18 @@ def main():
     out = args.out or os.path.join("results", f"bench_plm_init_{args.dataset}.md")
     os.makedirs(os.path.dirname(out), exist_ok=True)
 
-    pt = os.path.join(args.saved, f"BehaviorTuning-{args.sources}")
-    ft = os.path.join(
-        args.saved, f"BehaviorTuning-{args.dataset}-from-BehaviorTuning-{args.sources}"
+    # the recipe of init_type=finetune: PT on the sources, then FT on the target (both backbones share them)
+    stage_config = dict(common, init_type="finetune", source_datasets=args.sources)
+    stage_config.pop("init_plm_path", None)
+    if args.saved:
+        stage_config["checkpoint_dir"] = args.saved
+    stages, _ = input_stages(
+        f"PLMInit{args.models.split(',')[0]}",
+        args.dataset,
+        config_dict=stage_config,
+        scoped={"PT": tune, "FT": dict(tune, max_train_examples=0)},
     )
-    _tune(args.sources, pt, tune)
-    _tune(args.dataset, ft, dict(tune, init_plm_path=pt, max_train_examples=0))
+    pt, ft = stage_output(stages, "PT"), stage_output(stages, "FT")
     tuning_out = os.path.join(os.path.dirname(out), "bench_plm_init_tuning.md")
     if not os.path.isfile(tuning_out):
         with open(tuning_out, "w", encoding="utf-8") as f:

@@ -3,7 +3,11 @@ from a pretrained checkpoint (same split, full ranking).
 
     python benchmarks/bench_unisrec.py --dataset=Scientific --pretrained=pretrained/UniSRec-Electronics,Sports,Toys,Tools.pth \
         [--sasrec="hidden_size=64"] [--key=value ...]
+    python benchmarks/bench_unisrec.py --dataset=Scientific --sources=Electronics,Sports,Toys,Tools [--key=value ...]
 
+The pretrained checkpoint is ``--pretrained``, or, with ``--sources``, the output of UniSRec's recipe stage
+``pretrain`` (``recbole_transfer.recipe``: UniSRec pretraining on the sources merged, with the ``--key=value``
+pairs, e.g. ``--pretrain_epochs``), run once and then reused from the stage cache ``<checkpoint_dir>/stages/``.
 ``--key=value`` pairs go to every run (e.g. ``--epochs=30 --stopping_step=3``); ``--sasrec`` adds SASRec-only
 keys (space-separated key=value). Rows are appended to ``--out`` as they finish; rows already there are skipped.
 """
@@ -15,13 +19,24 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import TABLE_HEADER, fit_and_measure, machine, markdown_row  # noqa: E402
+from common import (  # noqa: E402
+    TABLE_HEADER,
+    fit_and_measure,
+    input_stages,
+    machine,
+    markdown_row,
+)
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="Scientific")
-    parser.add_argument("--pretrained", required=True)
+    given = parser.add_mutually_exclusive_group(required=True)
+    given.add_argument("--pretrained", help="a pretrained UniSRec checkpoint")
+    given.add_argument(
+        "--sources",
+        help="comma-separated source datasets: pretrain on them first (the recipe's cached pretrain stage)",
+    )
     parser.add_argument(
         "--sasrec",
         default="",
@@ -38,6 +53,19 @@ def main():
 
     common = parse_cli_overrides(overrides)
     sasrec = dict(pair.split("=", 1) for pair in args.sasrec.split())
+    pretrained = args.pretrained
+    if args.sources:
+        _, feeds = input_stages(
+            "UniSRec",
+            args.dataset,
+            config_dict=dict(
+                common,
+                source_datasets=args.sources,
+                train_stage="inductive_ft",
+                pretrained_path=None,
+            ),
+        )
+        pretrained = feeds["pretrained_path"]
     runs = {
         "SASRec": ("SASRec", dict(common, **sasrec)),
         "UniSRec scratch": (
@@ -46,13 +74,11 @@ def main():
         ),
         "UniSRec inductive_ft": (
             "UniSRec",
-            dict(common, train_stage="inductive_ft", pretrained_path=args.pretrained),
+            dict(common, train_stage="inductive_ft", pretrained_path=pretrained),
         ),
         "UniSRec transductive_ft": (
             "UniSRec",
-            dict(
-                common, train_stage="transductive_ft", pretrained_path=args.pretrained
-            ),
+            dict(common, train_stage="transductive_ft", pretrained_path=pretrained),
         ),
     }
     out = args.out or os.path.join("results", f"bench_unisrec_{args.dataset}.md")
@@ -61,7 +87,7 @@ def main():
         with open(out, "w", encoding="utf-8") as f:
             f.write(
                 f"<!-- {machine()}; common: {json.dumps(common)}; SASRec: {json.dumps(sasrec)}; "
-                f"pretrained: {args.pretrained} -->\n" + TABLE_HEADER
+                f"pretrained: {pretrained} -->\n" + TABLE_HEADER
             )
     with open(out, encoding="utf-8") as f:
         done = f.read()

@@ -1,6 +1,8 @@
-"""Shared by the benchmark scripts: results tables and the measured run (``recbole_transfer.measure``)."""
+"""Shared by the benchmark scripts: results tables, the measured run (``recbole_transfer.measure``) and a model's
+input stages (``recbole_transfer.recipe``), each in a fresh process."""
 
 import json
+import multiprocessing as mp
 import os
 import platform
 import sys
@@ -23,6 +25,9 @@ __all__ = [
     "append_row",
     "markdown_row",
     "TABLE_HEADER",
+    "input_stages",
+    "stage_output",
+    "stage_minutes",
 ]
 METRICS = ["recall@10", "ndcg@10", "recall@50", "ndcg@50"]
 
@@ -75,3 +80,52 @@ TABLE_HEADER = (
     "| s/epoch (train, median) | total fit (min) | peak RSS (GiB) |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
 )
+
+
+def _input_stages_child(args, queue):
+    sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value pairs from sys.argv
+    try:
+        from recbole_transfer.recipe import run_input_stages
+
+        stages, feeds = run_input_stages(*args)
+        queue.put({"stages": stages, "feeds": feeds})
+    except Exception as err:  # the parent reports it
+        queue.put({"error": f"{type(err).__name__}: {err}"})
+        raise
+
+
+def input_stages(model, dataset, config_file_list=None, config_dict=None, scoped=None):
+    """The stages ``model``'s inputs come from (its recipe), run or reused from their cache in
+    ``<checkpoint_dir>/stages/`` by ``recbole_transfer.recipe.run_input_stages`` in a fresh process (so this one
+    holds no model or device memory). Returns ``(stages, feeds)``: each stage with its ``output``, and the model's
+    keys set to those outputs."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    args = (model, dataset, config_file_list, dict(config_dict or {}), scoped)
+    proc = ctx.Process(target=_input_stages_child, args=(args, queue))
+    proc.start()
+    proc.join()
+    result = None if queue.empty() else queue.get()
+    if result is None or "error" in result:
+        reason = result["error"] if result else f"exit code {proc.exitcode}"
+        raise RuntimeError(f"the input stages of {model} on {dataset} failed: {reason}")
+    return result["stages"], result["feeds"]
+
+
+def stage_output(stages, name):
+    """The finished output of the stage called ``name`` (a folder or a checkpoint file)."""
+    for stage in stages:
+        if stage["name"] == name:
+            return stage["output"]
+    raise KeyError(f"no stage {name} among {[s['name'] for s in stages]}")
+
+
+def stage_minutes(stage):
+    """How long the stage took to train, from its cache record (None if unknown)."""
+    from recbole_transfer.recipe import STAGE_INFO
+
+    try:
+        with open(os.path.join(stage["folder"], STAGE_INFO), encoding="utf-8") as f:
+            return json.load(f).get("minutes")
+    except (OSError, ValueError):
+        return None
