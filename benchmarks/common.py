@@ -2,7 +2,6 @@
 input stages (``recbole_transfer.recipe``), each in a fresh process."""
 
 import json
-import multiprocessing as mp
 import os
 import platform
 import sys
@@ -10,10 +9,12 @@ from datetime import date
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from recbole_transfer.measure import (
+from recbole_transfer.measure import (  # noqa: E402  (the scripts import them here)
     SAMPLED_METRICS,
+    RunFailed,
     fit_and_measure,
-)  # noqa: E402  (the scripts import them here)
+    in_fresh_process,
+)
 
 __all__ = [
     "SAMPLED_METRICS",
@@ -82,16 +83,11 @@ TABLE_HEADER = (
 )
 
 
-def _input_stages_child(args, queue):
-    sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value pairs from sys.argv
-    try:
-        from recbole_transfer.recipe import run_input_stages
+def _input_stages_here(*args):
+    from recbole_transfer.recipe import run_input_stages
 
-        stages, feeds = run_input_stages(*args)
-        queue.put({"stages": stages, "feeds": feeds})
-    except Exception as err:  # the parent reports it
-        queue.put({"error": f"{type(err).__name__}: {err}"})
-        raise
+    stages, feeds = run_input_stages(*args)
+    return {"stages": stages, "feeds": feeds}
 
 
 def input_stages(model, dataset, config_file_list=None, config_dict=None, scoped=None):
@@ -99,16 +95,11 @@ def input_stages(model, dataset, config_file_list=None, config_dict=None, scoped
     ``<checkpoint_dir>/stages/`` by ``recbole_transfer.recipe.run_input_stages`` in a fresh process (so this one
     holds no model or device memory). Returns ``(stages, feeds)``: each stage with its ``output``, and the model's
     keys set to those outputs."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
     args = (model, dataset, config_file_list, dict(config_dict or {}), scoped)
-    proc = ctx.Process(target=_input_stages_child, args=(args, queue))
-    proc.start()
-    proc.join()
-    result = None if queue.empty() else queue.get()
-    if result is None or "error" in result:
-        reason = result["error"] if result else f"exit code {proc.exitcode}"
-        raise RuntimeError(f"the input stages of {model} on {dataset} failed: {reason}")
+    try:
+        result = in_fresh_process(_input_stages_here, *args)
+    except RunFailed as err:
+        raise RuntimeError(f"the input stages of {model} on {dataset} failed: {err}")
     return result["stages"], result["feeds"]
 
 

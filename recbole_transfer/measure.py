@@ -60,14 +60,29 @@ def _die_with_parent():
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _fit(model, dataset, config_dict, queue, sampled=None, config_files=None):
+def _child(function, args, queue):
     _die_with_parent()
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value pairs from sys.argv
     try:
-        queue.put(_fit_here(model, dataset, config_dict, sampled, config_files))
+        queue.put(function(*args))
     except Exception as err:  # the parent reports it and goes on with the next run
         queue.put({"error": f"{type(err).__name__}: {err}"})
         raise
+
+
+def in_fresh_process(function, *args):
+    """``function(*args)`` (a module-level function returning a dict) in a spawned process, so this one holds no
+    model or device memory afterwards. Raises ``RunFailed`` with the child's error line when it fails.
+    """
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    proc = ctx.Process(target=_child, args=(function, args, queue))
+    proc.start()
+    proc.join()
+    result = None if queue.empty() else queue.get()
+    if result is None or "error" in result:
+        raise RunFailed(result["error"] if result else f"exit code {proc.exitcode}")
+    return result
 
 
 def _fit_here(model, dataset, config_dict, sampled, config_files):
@@ -137,15 +152,9 @@ def fit_and_measure(model, dataset, config_dict, sampled=None, config_files=None
     """Train ``model`` on ``dataset`` with early stopping in a fresh process; test metrics and costs.
     ``sampled`` (e.g. "uni100") also ranks the best model's test users against sampled negatives.
     Raises ``RunFailed`` with the child's error line when the run fails."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
-    proc = ctx.Process(
-        target=_fit, args=(model, dataset, config_dict, queue, sampled, config_files)
-    )
-    proc.start()
-    proc.join()
-    result = None if queue.empty() else queue.get()
-    if result is None or "error" in result:
-        reason = result["error"] if result else f"exit code {proc.exitcode}"
-        raise RunFailed(f"{model} on {dataset} failed: {reason}")
-    return result
+    try:
+        return in_fresh_process(
+            _fit_here, model, dataset, config_dict, sampled, config_files
+        )
+    except RunFailed as err:
+        raise RunFailed(f"{model} on {dataset} failed: {err}") from None

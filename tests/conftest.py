@@ -23,6 +23,20 @@ FAST = {
     "state": "WARNING",
 }
 
+# PromptLoRA / X-Cross: short prompts, one training step, one validation user: a CPU scores them in seconds
+PROMPT = dict(
+    FAST,
+    xc_max_length=32,
+    xc_title_tokens=8,
+    xc_history_items=3,
+    xc_negatives=2,
+    train_batch_size=4,
+    lora_r=4,
+    epochs=1,
+    max_train_examples=8,
+    max_eval_users=1,
+)
+
 
 def cut_users(name, n_users, out_root):
     """Copy the first ``n_users`` users of dataset/<name> (with item text, if any) into out_root/<name>."""

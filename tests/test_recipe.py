@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from conftest import FAST, REPO, cut_users
+from conftest import FAST, PROMPT, REPO, cut_users
 
 from recbole_transfer import recipe
 from recbole_transfer.model.xcross import HEAD_FILE
@@ -233,18 +233,6 @@ def test_cli_scopes_stage_keys_and_refuses_unknown_stages(capsys):
 
 
 # --- X-Cross: one PromptLoRA per source, then X-Cross on the target ---------------------------------------------
-PROMPT = dict(
-    FAST,
-    xc_max_length=32,
-    xc_title_tokens=8,
-    xc_history_items=3,
-    xc_negatives=2,
-    train_batch_size=4,
-    lora_r=4,
-    epochs=1,
-    max_train_examples=8,
-    max_eval_users=1,
-)
 
 
 def test_xcross_recipe_trains_one_adapter_per_source_then_reuses_them(

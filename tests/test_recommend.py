@@ -5,7 +5,7 @@ import csv
 import pytest
 import torch
 
-from conftest import FAST, REPO, cut_users
+from conftest import FAST, PROMPT, REPO, cut_users
 
 from recbole_transfer import recommend
 from recbole_transfer.data.dataset import read_atomic
@@ -147,18 +147,6 @@ def test_candidates_restrict_a_full_ranking(trained, tiny_root, tmp_path):
 
 
 # --- language models that rank candidates (PromptLoRA, X-Cross) -------------------------------------------------
-PROMPT = dict(  # short prompts, one training step, one validation user: a CPU scores them in seconds
-    FAST,
-    xc_max_length=32,
-    xc_title_tokens=8,
-    xc_history_items=3,
-    xc_negatives=2,
-    train_batch_size=4,
-    lora_r=4,
-    epochs=1,
-    max_train_examples=8,
-    max_eval_users=1,
-)
 SOURCES = ["Sports", "Electronics"]  # labels of the source adapters X-Cross integrates
 
 
