@@ -24,6 +24,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 
 from recbole_transfer import registry
 from recbole_transfer.config import Config
@@ -99,13 +100,12 @@ def dataset_fingerprint(data_root, name):
     return digest.hexdigest()
 
 
-def _stage_config(stage, settings):
-    argv, sys.argv = (
-        sys.argv,
-        sys.argv[:1],
-    )  # the stage's settings, not the command line
+@contextmanager
+def _settings_only():
+    """RecBole's Config reads this process's command line; a recipe passes every setting through config_dict."""
+    argv, sys.argv = sys.argv, sys.argv[:1]
     try:
-        return Config(stage["model"], ",".join(stage["datasets"]), config_dict=settings)
+        yield
     finally:
         sys.argv = argv
 
@@ -113,9 +113,7 @@ def _stage_config(stage, settings):
 def stage_key(config, stage):
     """``(key, keyed settings)``: a hash of everything that determines the stage's output."""
     skip = UNKEYED | {stage["output_key"]}
-    settings = {
-        k: v for k, v in config.final_config_dict.items() if k not in skip and k
-    }
+    settings = {k: v for k, v in config.final_config_dict.items() if k not in skip}
     data_root = config["data_root"]
     identity = {
         "model": stage["model"],
@@ -152,13 +150,9 @@ def plan(model, dataset, config_file_list=None, config_dict=None, scoped=None):
     """The target's Config, its stages with their cache folders, and what they feed it. Every stage's Config is
     built (and so every dataset checked) before anything trains."""
     config_dict = dict(config_dict or {})
-    argv, sys.argv = sys.argv, sys.argv[:1]
-    try:
+    with _settings_only():
         target = Config(model, dataset, config_file_list, config_dict)
-    finally:
-        sys.argv = argv
-    model_class = target["model"] and registry.get_model_class(target["model"])
-    declare = getattr(model_class, "input_stages", None)
+    declare = getattr(registry.get_model_class(target["model"]), "input_stages", None)
     stages, feeds = declare(target) if declare else ([], {})
     scoped = dict(scoped or {})
     groups = {stage.get("group", stage["name"]) for stage in stages}
@@ -193,7 +187,8 @@ def plan(model, dataset, config_file_list=None, config_dict=None, scoped=None):
         settings.update(_resolve(declared, outputs))
         settings.update(scoped.get(stage.get("group", stage["name"]), {}))
         stage = dict(stage, datasets=datasets)
-        config = _stage_config(stage, settings)
+        with _settings_only():
+            config = Config(stage["model"], ",".join(datasets), config_dict=settings)
         key, identity = stage_key(config, stage)
         folder = os.path.join(root, f"{stage['model']}-{','.join(datasets)}-{key}")
         inputs = {k: settings[k] for k, v in declared.items() if _refers(v)}
