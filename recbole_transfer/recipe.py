@@ -13,8 +13,8 @@ A stage is a dict: ``name`` (``PT``, ``source Tools``...), ``group`` (what ``--<
 line sets; default the name), ``model``, ``datasets`` (list), ``sources`` (True: a source-domain stage, which never
 sees the target), ``settings`` (its config_dict; a value ``"@NAME"`` is the output of the earlier stage NAME),
 ``output_key`` (the stage model's key that names its output folder; None: the output is the run's checkpoint) and
-``same_model`` (True: the command line's own keys apply to it too, as a pretrain stage shares its architecture with
-the fine-tuning stage). ``input_stages`` returns ``(stages, feeds)``: ``feeds`` maps the model's keys to stage
+``inherit`` (keys the stage takes from the target's configuration: a pretrain stage shares its architecture with the
+fine-tuning run, but not the fine-tuning-only keys, so varying those reuses one pretraining). ``input_stages`` returns ``(stages, feeds)``: ``feeds`` maps the model's keys to stage
 outputs (``"@NAME"`` or a list of them).
 """
 
@@ -181,8 +181,9 @@ def plan(model, dataset, config_file_list=None, config_dict=None, scoped=None):
                     f"source_datasets must not include the target dataset '{inside[0]}'"
                 )
         settings = dict(shared)
-        if stage.get("same_model"):
-            settings.update(config_dict)
+        settings.update(
+            {k: target[k] for k in stage["inherit"] if k in target.final_config_dict}
+        )
         declared = stage.get("settings", {})
         settings.update(_resolve(declared, outputs))
         settings.update(scoped.get(stage.get("group", stage["name"]), {}))

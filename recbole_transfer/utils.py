@@ -198,7 +198,7 @@ def input_stage(
     output_key=None,
     settings=None,
     sources=False,
-    same_model=False,
+    inherit=(),
     group=None,
 ):
     """One stage a model's input comes from, as a model's ``input_stages`` declares it and the runner's recipe
@@ -212,5 +212,5 @@ def input_stage(
         "output_key": output_key,
         "settings": dict(settings or {}),
         "sources": sources,
-        "same_model": same_model,
+        "inherit": tuple(inherit),
     }

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import FAST, REPO, cut_users
 
@@ -86,6 +87,31 @@ def test_fresh_patches_keep_the_pretrained_function(insertion):
     ) * (32 * 4 + 4 + 4 * 32 + 32)
 
 
+@pytest.mark.parametrize("insertion", ["parallel_d", "parallel_e"])
+def test_parallel_shortcut_is_eq_9_and_11(insertion):
+    """parallel_shortcut=True: each parallel patch is MP(x) = x + up(relu(down(x))) (Eq. 9), placed as Eq. 11 (d)
+    and (e) write it; False: the same weights add up(relu(down(x))) alone."""
+    torch.manual_seed(0)
+    block = ResidualBlock(
+        32, 3, 2, causal=True, insertion=insertion, parallel_shortcut=True
+    )
+    x = torch.randn(4, 20, 32)
+    with torch.no_grad():
+        for patch in block.patches:
+            patch.up.weight.normal_(std=0.5)
+        branch = [lambda e, p=p: p.up(F.relu(p.down(e))) for p in block.patches]
+        for shortcut in (True, False):
+            block.parallel_shortcut = shortcut
+            mp1, mp2 = (lambda e, b=b: e * shortcut + b(e) for b in branch)
+            if insertion == "parallel_d":
+                e = F.relu(block.ln1(mp1(x) + block.conv1(x)))
+                f = F.relu(block.ln2(mp2(e) + block.conv2(e)))
+            else:
+                e = mp1(x) + F.relu(block.ln1(block.conv1(x)))
+                f = mp2(e) + F.relu(block.ln2(block.conv2(e)))
+            assert torch.allclose(block(x), x + f, atol=1e-6)
+
+
 def test_model_patch_bottleneck():
     patch = ModelPatch(64, ratio=8)
     assert patch.down.out_features == 8 and patch.up.in_features == 8
@@ -153,13 +179,13 @@ def pretrained(pair_root, tmp_path_factory):
     return result["checkpoint"]
 
 
-def _finetune(pair_root, tmp_path, pretrained, **extra):
+def _finetune(pair_root, tmp_path, pretrained, files=(), **extra):
     from recbole_transfer.quick_start import build
 
     return build(
         "PeterRec",
         "ABE_Electronics",
-        config_file_list=[f"{REPO}/{TASK}"],
+        config_file_list=[f"{REPO}/{TASK}", *(f"{REPO}/{f}" for f in files)],
         config_dict=dict(
             SMALL,
             data_path=str(pair_root),
@@ -172,6 +198,112 @@ def _finetune(pair_root, tmp_path, pretrained, **extra):
 
 def _trainable(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _source_rows(pair_root):
+    """{user token: [(source item token, time), ...] oldest first} from the raw Beauty file."""
+    from recbole_transfer.data.dataset import read_atomic
+
+    frame = read_atomic(
+        pair_root / "ABE_Beauty" / "ABE_Beauty.inter",
+        ["user_id", "item_id", "timestamp"],
+    )
+    frame = frame.assign(time=frame.timestamp.astype(float)).sort_values(
+        ["user_id", "time"], kind="stable"
+    )
+    return {
+        user: list(zip(rows.item_id, rows.time))
+        for user, rows in frame.groupby("user_id")
+    }
+
+
+def _inputs_and_times(model, loaders):
+    """(user token, target time, input row) for every training row and every ranked user (whose time is that of
+    the user's earliest row in the split), through the loaders as the trainer reads them.
+    """
+    train, *evaluations = loaders
+    dataset = train._dataset
+    token = dataset.field2id_token["user_id"]
+    out = []
+    with torch.no_grad():
+        for batch in train:
+            inputs = model.input_sequences(batch)
+            out += zip(
+                token[batch["user_id"].numpy()], batch["timestamp"].tolist(), inputs
+            )
+        for loader in evaluations:
+            rows = loader._dataset.inter_feat
+            first = {}
+            for user, time in zip(rows["user_id"].tolist(), rows["timestamp"].tolist()):
+                first[user] = min(time, first.get(user, time))
+            for batch in loader:
+                users = batch[0]["user_id"]
+                inputs = model.input_sequences(batch[0])
+                out += zip(
+                    token[users.numpy()], [first[u] for u in users.tolist()], inputs
+                )
+    return out
+
+
+@pytest.mark.parametrize("source_history", ["before_target", "whole"])
+def test_source_items_after_the_target_never_reach_the_input(
+    pair_root, tmp_path, pretrained, source_history
+):
+    """Every training row, and every validation / test user in full ranking, reads exactly the newest of the
+    user's Beauty items before its Electronics time (before_target) or the newest of all of them (whole). On the
+    shipped rows some test users bought in Beauty after their test item: that item is absent / present. Both
+    protocols come from task files alone (whole: the shipped overlay)."""
+    overlay = ["properties/task/whole_source_history.yaml"]
+    _, model, _, loaders = _finetune(
+        pair_root,
+        tmp_path,
+        pretrained,
+        files=overlay if source_history == "whole" else (),
+    )
+    assert model.config["source_history"] == source_history
+    vocabulary = {t: i for i, t in enumerate(model.source_item_tokens)}
+    history = _source_rows(pair_root)
+    width = SMALL["MAX_ITEM_LIST_LENGTH"]
+    rows = _inputs_and_times(model, loaders)
+    assert len(rows) == sum(len(part._dataset.inter_feat) for part in loaders)
+    later = 0  # rows (and ranked users) whose newest Beauty item comes at or after their target time
+    for user, time, got in rows:
+        items = [
+            vocabulary[item]
+            for item, t in history[user]
+            if source_history == "whole" or t < time
+        ][-(width - 1) :]
+        expected = torch.zeros(width, dtype=torch.long)
+        expected[width - 1 - len(items) : width - 1] = torch.tensor(
+            items, dtype=torch.long
+        )
+        assert torch.equal(got, expected), (user, time)
+        newest, newest_time = history[user][-1]
+        if newest_time >= time and all(
+            i != newest for i, t in history[user] if t < time
+        ):
+            later += 1
+            present = bool((got == vocabulary[newest]).any())
+            assert present == (source_history == "whole"), (user, newest)
+    assert later > 100  # the shipped rows hold the case
+
+
+def test_rows_without_prior_source_items_are_counted(pair_root, tmp_path, pretrained):
+    """before_target keeps rows with no Beauty item before them (their input is empty) and counts them per split;
+    whole has none on the shipped pair (every user is in both domains)."""
+    _, model, _, (train, valid, test) = _finetune(pair_root, tmp_path, pretrained)
+    counts = train._dataset.no_history
+    lengths = train._dataset.inter_feat["source_length"]
+    assert counts["train"] == (int((lengths == 0).sum()), len(lengths))
+    assert counts["train"][0] > 0 and counts["test"][0] > 0
+    assert counts["test"][1] == len(test._dataset.inter_feat)  # one test row per user
+    empty = train._dataset.inter_feat[lengths == 0][:8]
+    with torch.no_grad():
+        assert not model.input_sequences(empty).any()
+    _, _, _, (train, _, _) = _finetune(
+        pair_root, tmp_path, pretrained, source_history="whole"
+    )
+    assert [n for n, _ in train._dataset.no_history.values()] == [0, 0, 0]
 
 
 def test_peterrec_mode_keeps_pretrained_weights_bit_identical(
@@ -199,6 +331,18 @@ def test_peterrec_mode_keeps_pretrained_weights_bit_identical(
     assert any(not torch.equal(after[k], v) for k, v in patches.items())
 
 
+MODES = (
+    "peterrec",
+    "fine_all",
+    "fine_zero",
+    "fine_cls",
+    "fine_last",
+    "fine_last1",
+    "fine_last2",
+    "peter_zero",
+)
+
+
 def test_trainable_counts_per_mode(pair_root, tmp_path, pretrained):
     k, blocks, bottleneck = (
         SMALL["hidden_size"],
@@ -208,26 +352,98 @@ def test_trainable_counts_per_mode(pair_root, tmp_path, pretrained):
     conv, ln = k * k * 3 + k, 2 * k
     patch = k * bottleneck + bottleneck + bottleneck * k + k
     counts = {}
-    for mode in ("peterrec", "fine_all", "fine_cls", "fine_last", "peter_zero"):
+    runs = {mode: dict(finetune_mode=mode) for mode in MODES}
+    runs["sum"] = dict(finetune_mode="peterrec", user_state="sum")
+    for shortcut in (False, True):
+        runs[f"parallel_d {shortcut}"] = dict(
+            patch_insertion="parallel_d", parallel_shortcut=shortcut
+        )
+    for name, settings in runs.items():
         _, model, _, (train, _, _) = _finetune(
             pair_root,
             tmp_path,
             pretrained,
-            finetune_mode=mode,
-            patch_insertion="serial_c",
+            **{"patch_insertion": "serial_c", **settings},
         )
-        counts[mode] = (_trainable(model), sum(p.numel() for p in model.parameters()))
+        counts[name] = (_trainable(model), sum(p.numel() for p in model.parameters()))
         labels = train._dataset.item_num
+        if name == "sum":  # Eq. 7: no [TCL], the head reads the sum of the states
+            assert model.tcl_embedding is None
+            assert torch.isfinite(model.calculate_loss(next(iter(train))))
     head = k * labels + labels + k  # linear head + [TCL]
     assert (
         counts["peterrec"][0]
         == counts["peter_zero"][0]
         == blocks * (patch + 2 * ln) + head
     )
+    assert counts["sum"][0] == counts["peterrec"][0] - k
     assert counts["fine_cls"][0] == head
-    assert counts["fine_last"][0] == 2 * (conv + ln) + head
+    assert counts["fine_last1"][0] == conv + ln + head
+    assert counts["fine_last"][0] == counts["fine_last2"][0] == 2 * (conv + ln) + head
     assert counts["fine_all"][0] == counts["fine_all"][1]  # no patches in the baselines
+    assert counts["fine_zero"] == counts["fine_all"]
     assert counts["peterrec"][1] == counts["fine_all"][1] + blocks * patch
+    assert (
+        counts["parallel_d False"]
+        == counts["parallel_d True"]
+        == (
+            blocks * (2 * patch + 2 * ln) + head,
+            counts["fine_all"][1] + 2 * blocks * patch,
+        )
+    )
+
+
+def _declared_trainable(mode, names):
+    """What each finetune_mode names as trained (PeterRec.yaml), for SMALL's two blocks and serial_c patches."""
+    head = {"output.weight", "output.bias", "tcl_embedding"}
+
+    def layer(block, j):
+        return {
+            f"blocks.{block}.conv{j}.conv.weight",
+            f"blocks.{block}.conv{j}.conv.bias",
+            f"blocks.{block}.ln{j}.weight",
+            f"blocks.{block}.ln{j}.bias",
+        }
+
+    patches_and_norms = {
+        f"blocks.{b}.{part}.{w}"
+        for b in (0, 1)
+        for part in ("patches.0.down", "patches.0.up", "ln1", "ln2")
+        for w in ("weight", "bias")
+    }
+    return {
+        "peterrec": head | patches_and_norms,
+        "peter_zero": head | patches_and_norms,
+        "fine_all": set(names),
+        "fine_zero": set(names),
+        "fine_cls": head,
+        "fine_last1": head | layer(1, 2),
+        "fine_last2": head | layer(1, 1) | layer(1, 2),
+        "fine_last": head | layer(1, 1) | layer(1, 2),
+    }[mode]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_each_mode_trains_exactly_the_parameters_it_names(
+    pair_root, tmp_path, pretrained, mode
+):
+    """requires_grad, and what one optimiser step changes, are the mode's declared set, nothing more or less."""
+    _, model, trainer, (train, _, _) = _finetune(
+        pair_root, tmp_path, pretrained, finetune_mode=mode, patch_insertion="serial_c"
+    )
+    names = [name for name, _ in model.named_parameters()]
+    declared = _declared_trainable(mode, names)
+    assert declared <= set(names)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == declared
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model.train()
+    trainer.optimizer.zero_grad()
+    model.calculate_loss(next(iter(train))).backward()
+    trainer.optimizer.step()
+    changed = {
+        n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])
+    }
+    assert changed == declared
 
 
 def test_fresh_patches_keep_the_pretrained_user_states(pair_root, tmp_path, pretrained):
@@ -238,11 +454,11 @@ def test_fresh_patches_keep_the_pretrained_user_states(pair_root, tmp_path, pret
         pair_root, tmp_path, pretrained, finetune_mode="fine_all"
     )
     plain.tcl_embedding.data.copy_(patched.tcl_embedding.data)
-    users = torch.arange(1, 33)
+    seq = plain.source_sequences(torch.arange(1, 33))
     with torch.no_grad():
-        reference = plain.user_representation(users)
+        reference = plain.user_representation(seq)
         assert (
-            patched.user_representation(users) - reference
+            patched.user_representation(seq) - reference
         ).abs().max() < 0.05 * reference.abs().max()
 
 
@@ -305,7 +521,7 @@ def test_profile_labels_align_with_users(tmp_path):
     counts = histories["user_id"].value_counts()
     for user_id in rows["user_id"].tolist()[:20]:
         token = dataset.id2token("user_id", user_id)
-        assert (model.user_sequences[user_id] > 0).sum() == min(
+        assert (model.source_sequences(torch.tensor([user_id])) > 0).sum() == min(
             counts[token], SMALL["MAX_ITEM_LIST_LENGTH"] - 1
         )
 
@@ -343,6 +559,14 @@ def test_finetune_errors(pair_root, tmp_path, pretrained):
         str(err.value)
         == "finetune_mode=peterrec needs pretrained_path (a PeterRec pretraining checkpoint)"
     )
+    with pytest.raises(UserInputError) as err:
+        _finetune(pair_root, tmp_path, pretrained, source_history="future")
+    assert str(err.value) == (
+        "source_history must be one of before_target, whole; got 'future'"
+    )
+    with pytest.raises(UserInputError) as err:
+        _finetune(pair_root, tmp_path, pretrained, user_state="mean")
+    assert str(err.value) == "user_state must be one of tcl, sum; got 'mean'"
     with pytest.raises(UserInputError) as err:
         _finetune(pair_root, tmp_path, pretrained, causal=False)
     assert (

@@ -289,19 +289,24 @@ def test_peterrec_recipe_pretrains_on_the_source_then_finetunes(tmp_path, monkey
         checkpoint_dir=str(tmp_path / "saved"),
     )
     task = [str(REPO / "properties/task/beauty_to_electronics.yaml")]
-    first = run_recipe("PeterRec", "ABE_Electronics", task, settings)
+    pretrain_keys = {"pretrain": {"epochs": 1}}
+    first = run_recipe("PeterRec", "ABE_Electronics", task, settings, pretrain_keys)
     assert recorder.calls == [
         ("PeterRec", "ABE_Beauty"),
         ("PeterRec", "ABE_Electronics"),
     ]
     (pretrain,) = first["stages"]
-    # the command line's backbone keys reach the pretraining stage; the task's keys do not
+    # the run's backbone keys reach the pretraining stage; the task's and the fine-tuning keys do not
     assert pretrain["settings"]["hidden_size"] == 16
     assert pretrain["settings"]["train_stage"] == "pretrain"
+    assert "target_task" not in pretrain["settings"]
     import torch
 
     saved = torch.load(first["result"]["checkpoint"], weights_only=True)["config"]
     assert saved["pretrained_path"] == pretrain["output"]
     recorder.calls.clear()
-    run_recipe("PeterRec", "ABE_Electronics", task, settings)
+    # another fine-tuning mode (and the paper's whole-history protocol) reuses the same pretraining
+    whole = task + [str(REPO / "properties/task/whole_source_history.yaml")]
+    settings = dict(settings, finetune_mode="fine_all")
+    run_recipe("PeterRec", "ABE_Electronics", whole, settings, pretrain_keys)
     assert recorder.calls == [("PeterRec", "ABE_Electronics")]

@@ -336,7 +336,12 @@ def peterrec_item_task(tmp_path_factory):
             "PeterRec",
             "ABE_Electronics",
             config_file_list=[f"{REPO}/properties/task/beauty_to_electronics.yaml"],
-            config_dict=dict(settings, pretrained_path=pretrained["checkpoint"]),
+            # recommend ranks as of now (the whole source history), as the paper's protocol evaluates
+            config_dict=dict(
+                settings,
+                pretrained_path=pretrained["checkpoint"],
+                source_history="whole",
+            ),
         )
         trainer.fit(train, valid, saved=True, show_progress=False)
     return root, trainer.saved_model_file

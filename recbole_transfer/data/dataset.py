@@ -19,7 +19,7 @@ from collections import namedtuple
 
 from recbole.data.dataset import Dataset, SequentialDataset
 from recbole.data.interaction import Interaction
-from recbole.utils import FeatureSource, set_color
+from recbole.utils import FeatureSource, FeatureType, set_color
 
 from recbole_transfer.data import text
 from recbole_transfer.data.folders import config_for_dataset, dataset_folder
@@ -313,14 +313,32 @@ class TargetTaskDataset(Dataset):
         item     labels = the dataset's items (one row per user-item interaction);
         profile  labels = ``label_field`` of the dataset's ``.user`` file (one row per user; ``age_bins`` cut a
                  numeric field into brackets).
-    ``self.source_histories``: {user token: [source item tokens, oldest first]}."""
+    ``self.source_histories``: {user token: [source item tokens, oldest first]}; ``self.source_times``: their
+    times.
+
+    Which part of the history a row reads is the row's ``SOURCE_LENGTH`` field: that many of the user's source items,
+    oldest first. ``source_history`` (item tasks) sets it:
+        before_target  the items with a time before the row's own (a shop only knows the past);
+        whole          every item, whatever the row's time (the paper's protocol).
+    Profile rows have no time: they read the whole history. Validation and test rows are ranked per user (RecBole's
+    full ranking passes user ids, joined with ``user_feat``), so each evaluation split's ``user_feat`` carries the
+    user's smallest length over that split's rows. Rows with no source item before them are kept (an empty history:
+    the model gives them all one learned no-history state); ``self.no_history`` holds how many there are per split
+    (logged)."""
 
     TASKS = ("item", "profile")
+    SOURCE_HISTORIES = ("before_target", "whole")
+    SOURCE_LENGTH = "source_length"
 
     def __init__(self, config):
         if config["target_task"] not in self.TASKS:
             raise UserInputError(
                 f"target_task must be one of {', '.join(self.TASKS)}; got '{config['target_task']}'"
+            )
+        if config["source_history"] not in self.SOURCE_HISTORIES:
+            raise UserInputError(
+                f"source_history must be one of {', '.join(self.SOURCE_HISTORIES)}; "
+                f"got '{config['source_history']}'"
             )
         sources = config["source_datasets"] or []
         if len(sources) != 1:
@@ -329,7 +347,13 @@ class TargetTaskDataset(Dataset):
                 f"got {len(sources)}"
             )
         super().__init__(config)
-        self.source_histories = self._read_source_histories()
+        self.source_histories, self.source_times = self._read_source_histories()
+        self.before_target = (
+            config["target_task"] == "item"
+            and config["source_history"] == "before_target"
+        )
+        self._set_source_lengths()
+        self.no_history = None  # {split: (rows or users without history, of how many)}, set by build()
 
     def _load_data(self, token, dataset_path):
         super()._load_data(token, dataset_path)
@@ -356,10 +380,93 @@ class TargetTaskDataset(Dataset):
         )
         frame = frame.assign(_time=frame[time_field].astype(float))
         frame = frame.sort_values([self.uid_field, "_time"], kind="stable")
-        return {
-            user: list(items)
-            for user, items in frame.groupby(self.uid_field, sort=False)[self.iid_field]
-        }
+        histories, times = {}, {}
+        for user, rows in frame.groupby(self.uid_field, sort=False):
+            histories[user] = rows[self.iid_field].tolist()
+            times[user] = rows["_time"].to_numpy()
+        return histories, times
+
+    def _set_source_lengths(self):
+        """The ``SOURCE_LENGTH`` column: per row, how many of the user's source items its input reads."""
+        users = self.field2id_token[self.uid_field][
+            self.inter_feat[self.uid_field].to_numpy()
+        ]
+        if self.before_target:
+            time_field = self.time_field
+            if time_field is None or time_field not in self.inter_feat:
+                raise UserInputError(
+                    f"source_history=before_target needs the time of each {self.dataset_name} row: "
+                    f"load TIME_FIELD ({time_field}) in load_col, or set source_history=whole"
+                )
+            normalized = self.config["normalize_field"] or []
+            if self.config["normalize_all"] or time_field in normalized:
+                raise UserInputError(
+                    f"source_history=before_target compares raw times: do not normalize {time_field}"
+                )
+            empty = np.empty(0)
+            lengths = [
+                # strictly before: an item of the same time is not known yet
+                np.searchsorted(self.source_times.get(str(u), empty), t, side="left")
+                for u, t in zip(users, self.inter_feat[time_field].to_numpy())
+            ]
+        else:
+            lengths = [len(self.source_histories.get(str(u), ())) for u in users]
+        self.inter_feat[self.SOURCE_LENGTH] = np.asarray(lengths, dtype=np.float64)
+        # RecBole's only numeric field type; the model reads it as an integer
+        self.set_field_property(
+            self.SOURCE_LENGTH, FeatureType.FLOAT, FeatureSource.INTERACTION, 1
+        )
+
+    def build(self):
+        datasets = super().build()
+        for part in datasets[1:]:
+            self._set_split_lengths(part)
+        self._log_no_history(datasets)
+        return datasets
+
+    def _set_split_lengths(self, part):
+        """Full ranking scores a user once per split: the user's input is the history before the earliest of the
+        user's rows there, so it is before every row it ranks."""
+        field, uid = self.SOURCE_LENGTH, self.uid_field
+        lengths = torch.full((self.user_num,), float("inf"))
+        lengths.scatter_reduce_(
+            0, part.inter_feat[uid], part.inter_feat[field], reduce="amin"
+        )
+        lengths[torch.isinf(lengths)] = 0.0  # users without rows here are not ranked
+        feat = {uid: torch.arange(self.user_num), field: lengths}
+        if part.user_feat is not None:
+            feat = {**part.user_feat.interaction, field: lengths}
+        part.user_feat = Interaction(feat)
+
+    def _log_no_history(self, datasets):
+        field, uid = self.SOURCE_LENGTH, self.uid_field
+        counts = {}
+        for name, part in zip(("train", "valid", "test"), datasets):
+            rows = part.inter_feat
+            if name == "train":
+                counts[name] = (int((rows[field] == 0).sum()), len(rows))
+            else:
+                users = torch.unique(rows[uid])
+                counts[name] = (
+                    int((part.user_feat[field][users] == 0).sum()),
+                    len(users),
+                )
+        for part in (self, *datasets):
+            part.no_history = counts
+        mode, missing = (
+            ("before_target", "item before the target")
+            if self.before_target
+            else ("whole", "history")
+        )
+        text = ", ".join(
+            f"{n} of {total} {name} {'rows' if name == 'train' else 'users'}"
+            for name, (n, total) in counts.items()
+        )
+        self.logger.info(
+            set_color("source_history", "green")
+            + f" {mode}: no {self.config['source_datasets'][0]} {missing} for {text} "
+            "(kept: they all get the model's no-history state)"
+        )
 
 
 def age_brackets(values, bins):

@@ -16,10 +16,15 @@ Histories are right-aligned (newest item last) so the last position is always th
 
 Fine-tuning (``train_stage=finetune``, data: ``data.dataset.TargetTaskDataset``): the user's source history gets a
 [TCL] token (causal: at the end; non-causal: before and after) and a new linear head scores every label from its
-hidden state(s). Item targets train with BPR against a sampled other item and rank all target items (RecBole's full
-ranking); profile targets train with cross-entropy (accuracy and macro-F1 from ``trainer.finetune``).
-``finetune_mode``: peterrec (patches + LayerNorms + head), fine_all, fine_cls (head only), fine_last (last block +
-head), peter_zero (peterrec from random weights).
+hidden state(s) (``user_state=sum``: from the sum of the history's states instead, Eq. 7). Item targets train with
+BPR against a sampled other item and rank all target items (RecBole's full ranking); profile targets train with
+cross-entropy (accuracy and macro-F1 from ``trainer.finetune``).
+The input is per row: the model holds every user's whole source history, and a row's ``source_length`` field (set by
+the dataset: the items before the row's time, or all of them) says how much of it the row reads; an interaction
+without the field (``recommend``: ranking now) reads the whole history.
+``finetune_mode``: peterrec (patches + LayerNorms + head), fine_all, fine_zero (fine_all from random weights),
+fine_cls (head only), fine_last1 / fine_last2 (the last one / two convolution layers with their LayerNorms + head;
+fine_last = fine_last2, the last block), peter_zero (peterrec from random weights).
 """
 
 import torch
@@ -57,7 +62,8 @@ class ResidualBlock(nn.Module):
 
     Parallel patches add their bottleneck branch only (``ModelPatch.delta``): with the paper's shortcut inside the
     parallel patch, the block would add its input to the convolution output and no longer compute the pretrained
-    function when the patch starts near zero."""
+    function when the patch starts near zero. ``parallel_shortcut=True`` keeps the shortcut, as Eq. 9 and Eq. 11
+    write them: LN1(conv1(x) + MP1(x)) for (d), MP1(x) + relu(LN1(conv1(x))) for (e)."""
 
     def __init__(
         self,
@@ -68,6 +74,7 @@ class ResidualBlock(nn.Module):
         insertion="none",
         patch_ratio=8,
         eps=1e-8,
+        parallel_shortcut=False,
     ):
         super().__init__()
         if insertion not in INSERTIONS:
@@ -75,6 +82,7 @@ class ResidualBlock(nn.Module):
                 f"patch_insertion must be one of {', '.join(INSERTIONS)}; got '{insertion}'"
             )
         self.insertion = insertion
+        self.parallel_shortcut = bool(parallel_shortcut)
         self.conv1 = DilatedConv(channels, kernel_size, dilation, causal)
         self.conv2 = DilatedConv(channels, kernel_size, 2 * dilation, causal)
         self.ln1 = nn.LayerNorm(channels, eps=eps)
@@ -84,17 +92,21 @@ class ResidualBlock(nn.Module):
             ModelPatch(channels, patch_ratio) for _ in range(n_patches)
         )
 
+    def _parallel(self, index, x):
+        patch = self.patches[index]
+        return patch(x) if self.parallel_shortcut else patch.delta(x)
+
     def forward(self, x):
         mode = self.insertion
         if mode == "serial_b":
             h = F.relu(self.ln1(self.patches[0](self.conv1(x))))
             h = F.relu(self.ln2(self.patches[1](self.conv2(h))))
         elif mode == "parallel_d":
-            h = F.relu(self.ln1(self.conv1(x) + self.patches[0].delta(x)))
-            h = F.relu(self.ln2(self.conv2(h) + self.patches[1].delta(h)))
+            h = F.relu(self.ln1(self.conv1(x) + self._parallel(0, x)))
+            h = F.relu(self.ln2(self.conv2(h) + self._parallel(1, h)))
         elif mode == "parallel_e":
-            h = F.relu(self.ln1(self.conv1(x))) + self.patches[0].delta(x)
-            h = F.relu(self.ln2(self.conv2(h))) + self.patches[1].delta(h)
+            h = F.relu(self.ln1(self.conv1(x))) + self._parallel(0, x)
+            h = F.relu(self.ln2(self.conv2(h))) + self._parallel(1, h)
         else:
             h = F.relu(self.ln1(self.conv1(x)))
             h = F.relu(self.ln2(self.conv2(h)))
@@ -116,14 +128,37 @@ def right_align(item_seq, item_seq_len):
 
 class PeterRec(SequentialRecommender):
     STAGES = ("pretrain", "finetune")
-    MODES = ("peterrec", "fine_all", "fine_cls", "fine_last", "peter_zero")
+    MODES = (
+        "peterrec",
+        "fine_all",
+        "fine_zero",
+        "fine_cls",
+        "fine_last",
+        "fine_last1",
+        "fine_last2",
+        "peter_zero",
+    )
+    PATCHED = ("peterrec", "peter_zero")  # the modes with model patches
+    FROM_SCRATCH = ("fine_zero", "peter_zero")  # random weights, no pretrained_path
+    LAST_LAYERS = {"fine_last": 2, "fine_last1": 1, "fine_last2": 2}
+    USER_STATES = ("tcl", "sum")
     # pretrained weights a fine-tuning run loads (the pretraining softmax layer is replaced by the task head)
     BACKBONE = ("item_embedding", "blocks")
+    # the keys that shape pretraining: a recipe's pretrain stage takes them from the fine-tuning run
+    PRETRAIN_KEYS = (
+        "causal",
+        "mask_ratio",
+        "hidden_size",
+        "kernel_size",
+        "dilations",
+        "initializer_range",
+        "MAX_ITEM_LIST_LENGTH",
+    )
 
     @classmethod
     def input_stages(cls, config):
-        """Fine-tuning without pretrained_path: pretraining on the source dataset runs first (with the command
-        line's keys, so both stages share the backbone). An item task's source never holds the target's data; a
+        """Fine-tuning without pretrained_path: pretraining on the source dataset runs first, with this run's
+        backbone keys (the fine-tuning-only keys do not enter it, so every mode reuses one pretraining). An item task's source never holds the target's data; a
         profile task's input sequences are the target users' own histories."""
         if config["train_stage"] == "pretrain" or not is_unset(
             config["pretrained_path"]
@@ -139,7 +174,7 @@ class PeterRec(SequentialRecommender):
                 "source_datasets": None,
             },
             sources=config["target_task"] == "item",
-            same_model=True,
+            inherit=cls.PRETRAIN_KEYS,
         )
         return [stage], {"pretrained_path": "@pretrain"}
 
@@ -175,10 +210,17 @@ class PeterRec(SequentialRecommender):
                 raise UserInputError(
                     f"finetune_mode must be one of {', '.join(self.MODES)}; got '{self.mode}'"
                 )
-            if self.mode not in ("peterrec", "peter_zero"):
+            self.user_state = config["user_state"]
+            if self.user_state not in self.USER_STATES:
+                raise UserInputError(
+                    f"user_state must be one of {', '.join(self.USER_STATES)}; got '{self.user_state}'"
+                )
+            if self.mode not in self.PATCHED:
                 insertion = "none"  # the fine-tuning baselines have no patches
             checkpoint = (
-                self._pretrained_checkpoint() if self.mode != "peter_zero" else None
+                self._pretrained_checkpoint()
+                if self.mode not in self.FROM_SCRATCH
+                else None
             )
             # the source vocabulary: the pretraining run's item tokens, or (from scratch) the source's own
             self.source_item_tokens = (
@@ -210,6 +252,7 @@ class PeterRec(SequentialRecommender):
                 self.causal,
                 insertion=insertion,
                 patch_ratio=config["patch_ratio"],
+                parallel_shortcut=config["parallel_shortcut"],
             )
             for dilation in config["dilations"]
         )
@@ -219,15 +262,18 @@ class PeterRec(SequentialRecommender):
             )  # the pretraining softmax layer
         else:
             self.n_users = dataset.num(self.USER_ID)
-            self.tcl_embedding = nn.Parameter(
-                torch.zeros(self.hidden_size)
-            )  # the [TCL] token
+            self.source_length_field = dataset.SOURCE_LENGTH
+            # the [TCL] token (Eq. 5-6); Eq. 7 sums the history's states and has none
+            self.tcl_embedding = (
+                nn.Parameter(torch.zeros(self.hidden_size))
+                if self.user_state == "tcl"
+                else None
+            )
             self.output = nn.Linear(
                 self.hidden_size, self.n_items
             )  # the task head: one score per label
-            self.register_buffer(
-                "user_sequences", self._user_sequences(dataset), persistent=False
-            )
+            for name, value in self._source_table(dataset).items():
+                self.register_buffer(name, value, persistent=False)
             # LabelCS, the majority label of the training rows (profiles' baseline)
             self.majority_label = int(
                 torch.bincount(
@@ -238,7 +284,8 @@ class PeterRec(SequentialRecommender):
         # init weights
         self.apply(self._init_weights)
         if self.train_stage == "finetune":
-            nn.init.normal_(self.tcl_embedding, 0.0, self.initializer_range)
+            if self.tcl_embedding is not None:
+                nn.init.normal_(self.tcl_embedding, 0.0, self.initializer_range)
             if checkpoint is not None:
                 self._load_backbone(checkpoint)
             self._set_trainable()
@@ -296,42 +343,78 @@ class PeterRec(SequentialRecommender):
         ), missing
 
     def _set_trainable(self):
-        """peterrec / peter_zero: patches, LayerNorms, [TCL] and head; fine_all: everything; fine_cls: [TCL] and
-        head; fine_last: the last residual block, [TCL] and head."""
-        last_block = f"blocks.{len(self.blocks) - 1}."
+        """peterrec / peter_zero: patches, LayerNorms, [TCL] and head; fine_all / fine_zero: everything; fine_cls:
+        [TCL] and head; fine_last1 / fine_last2: the last one / two convolution layers, each with its LayerNorm
+        (the paper's FineLast1 / FineLast2, Fig. 5), [TCL] and head; fine_last: fine_last2 (the last block).
+        """
+        head = ("output.", "tcl_embedding")
+        # the convolution layers in order, each with the LayerNorm after it
+        layers = [
+            (f"blocks.{b}.conv{j}.", f"blocks.{b}.ln{j}.")
+            for b in range(len(self.blocks))
+            for j in (1, 2)
+        ]
+        n_last = self.LAST_LAYERS.get(self.mode)
+        last = tuple(p for pair in layers[-n_last:] for p in pair) if n_last else ()
         for name, param in self.named_parameters():
-            if self.mode == "fine_all":
+            if self.mode in ("fine_all", "fine_zero"):
                 trainable = True
             elif self.mode == "fine_cls":
-                trainable = name.startswith(("output.", "tcl_embedding"))
-            elif self.mode == "fine_last":
-                trainable = name.startswith(("output.", "tcl_embedding", last_block))
+                trainable = name.startswith(head)
+            elif n_last:
+                trainable = name.startswith(head + last)
             else:
                 trainable = (
-                    name.startswith(("output.", "tcl_embedding"))
-                    or ".patches." in name
-                    or ".ln" in name
+                    name.startswith(head) or ".patches." in name or ".ln" in name
                 )
             param.requires_grad_(trainable)
 
-    def _user_sequences(self, dataset):
-        """[n_users, L] right-aligned source histories (newest L - 1 items; the last column is left for [TCL]),
-        in the source vocabulary; rows follow this dataset's user ids."""
+    def _source_table(self, dataset):
+        """Every user's whole source history in the source vocabulary (a token it lacks reads as padding):
+        ``source_items`` [1 + all items] concatenates them oldest first after one padding entry; user ``u``'s are
+        ``source_items[source_start[u] : source_start[u] + source_count[u]]`` (rows follow this dataset's user
+        ids)."""
         index = {token: i for i, token in enumerate(self.source_item_tokens)}
+        items, start, count = [0], [], []
+        for token in dataset.field2id_token[self.USER_ID]:
+            history = dataset.source_histories.get(str(token), [])
+            start.append(len(items))
+            count.append(len(history))
+            items.extend(index.get(t, 0) for t in history)
+        return {
+            "source_items": torch.tensor(items, dtype=torch.long),
+            "source_start": torch.tensor(start, dtype=torch.long),
+            "source_count": torch.tensor(count, dtype=torch.long),
+        }
+
+    def source_sequences(self, user, length=None):
+        """[B, L] right-aligned inputs: the newest of the first ``length`` source items of each ``user`` (default:
+        all of them). With [TCL], the last column is left for it (non-causal: the first as well).
+        """
+        count = self.source_count[user]
+        length = count if length is None else torch.minimum(length, count)
         width = self.max_seq_length
-        keep = (
-            width - 1 if self.causal else width - 2
-        )  # room for one [TCL] (causal) or two (non-causal)
-        sequences = torch.zeros(self.n_users, width, dtype=torch.long)
-        for user_id, token in enumerate(dataset.field2id_token[self.USER_ID]):
-            items = [
-                index.get(t, 0) for t in dataset.source_histories.get(str(token), [])
-            ][-keep:]
-            if items:
-                sequences[user_id, width - 1 - len(items) : width - 1] = torch.tensor(
-                    items
-                )
+        if self.user_state == "sum":
+            end, keep = width, width
+        else:  # room for one [TCL] (causal) or two (non-causal)
+            end, keep = width - 1, width - 1 if self.causal else width - 2
+        position = length.unsqueeze(1) + torch.arange(-keep, 0, device=user.device)
+        items = self.source_items[
+            self.source_start[user].unsqueeze(1) + position.clamp(min=0)
+        ]
+        sequences = torch.zeros(len(user), width, dtype=torch.long, device=user.device)
+        sequences[:, end - keep : end] = torch.where(
+            position >= 0, items, torch.zeros_like(items)
+        )
         return sequences
+
+    def input_sequences(self, interaction):
+        """The rows' inputs: each user's first ``source_length`` source items (the interaction's field, set by the
+        dataset per row or, in ranking, per user), or the whole history when the interaction has no such field.
+        """
+        field = self.source_length_field
+        length = interaction[field].long() if field in interaction else None
+        return self.source_sequences(interaction[self.USER_ID], length)
 
     # --- representations ----------------------------------------------------------------------------------------
     def encode(self, item_seq, tcl_positions=None):
@@ -346,10 +429,14 @@ class PeterRec(SequentialRecommender):
             h = block(h)
         return h
 
-    def user_representation(self, user):
-        """Causal: the hidden state of [TCL] appended after the history (Eq. 5). Non-causal: the sum of the states
-        of [TCL] before and after the history (Eq. 6)."""
-        seq = self.user_sequences[user]
+    def user_representation(self, seq):
+        """The vector the head reads from ``source_sequences``. Causal: the hidden state of [TCL] appended after
+        the history (Eq. 5). Non-causal: the sum of the states of [TCL] before and after the history (Eq. 6).
+        ``user_state=sum``: the sum of the history items' states, no [TCL] (Eq. 7; an empty history gives 0, so
+        the head's bias alone)."""
+        if self.user_state == "sum":
+            real = (seq > 0).unsqueeze(-1)
+            return (self.encode(seq) * real).sum(1)
         tcl = torch.zeros_like(seq, dtype=torch.bool)
         tcl[:, -1] = True
         if self.causal:
@@ -396,7 +483,9 @@ class PeterRec(SequentialRecommender):
 
     def _task_loss(self, interaction):
         """Items: BPR against one uniformly sampled other label (Eq. 8). Profiles: cross-entropy over the labels."""
-        scores = self.output(self.user_representation(interaction[self.USER_ID]))
+        scores = self.output(
+            self.user_representation(self.input_sequences(interaction))
+        )
         label = interaction[self.ITEM_ID]
         if self.config["target_task"] == "profile":
             return F.cross_entropy(
@@ -411,7 +500,9 @@ class PeterRec(SequentialRecommender):
 
     def _scores(self, interaction):
         if self.train_stage == "finetune":
-            scores = self.output(self.user_representation(interaction[self.USER_ID]))
+            scores = self.output(
+                self.user_representation(self.input_sequences(interaction))
+            )
             scores[:, 0] = float("-inf")  # the padding label is never an answer
             return scores
         return self.output(self.encode(self._inputs(interaction))[:, -1])

@@ -70,9 +70,9 @@ class UniSRec(SequentialRecommender):
 
     @classmethod
     def input_stages(cls, config):
-        """A fine-tuning stage with source_datasets: pretraining on them (merged) runs first, with the command
-        line's keys, and its last snapshot is the pretrained_path (instead of the shipped checkpoint).
-        """
+        """A fine-tuning stage with source_datasets: pretraining on them (merged) runs first, with this run's
+        architecture and pretraining keys, and its last snapshot is the pretrained_path (instead of the shipped
+        checkpoint)."""
         sources = config["source_datasets"]
         if config["train_stage"] == "pretrain" or not sources:
             return [], {}
@@ -91,7 +91,7 @@ class UniSRec(SequentialRecommender):
                 "source_datasets": None,
             },
             sources=True,
-            same_model=True,
+            inherit=cls.ARCHITECTURE_KEYS + cls.PRETRAIN_KEYS,
         )
         return [stage], {"pretrained_path": "@pretrain"}
 
@@ -105,6 +105,23 @@ class UniSRec(SequentialRecommender):
         "MAX_ITEM_LIST_LENGTH",
         "plm_name",
         "plm_pooling",
+    )
+
+    # what else shapes pretraining: a recipe's pretrain stage takes these and ARCHITECTURE_KEYS from this run
+    PRETRAIN_KEYS = (
+        "pretrain_epochs",
+        "save_step",
+        "hidden_dropout_prob",
+        "attn_dropout_prob",
+        "hidden_act",
+        "layer_norm_eps",
+        "initializer_range",
+        "adaptor_dropout_prob",
+        "temperature",
+        "lambda",
+        "item_drop_ratio",
+        "item_drop_coefficient",
+        "word_drop_ratio",
     )
 
     def __init__(self, config, dataset):
