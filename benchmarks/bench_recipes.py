@@ -4,7 +4,8 @@ comes from the cache), each a fresh process of the command line from one working
     python benchmarks/bench_recipes.py [--workdir=results/tmp/recipes] [--out=results/bench_recipes.md] [--only=A,B]
 
 The commands are the README's, with CPU-scale settings (fewer examples and epochs per stage, listed in the table);
-the working directory's ``saved/stages`` is emptied first, so the first run trains every stage.
+the working directory's ``saved/stages`` is emptied first (unless ``--keep_cache``), so the first run trains every
+stage; PLMInitBERT4Rec, run after PLMInitSASRec, reuses its PT and FT.
 """
 
 import argparse
@@ -52,6 +53,7 @@ RECIPES = {
         "--dataset=ABE_Electronics",
         f"--config_files={os.path.join(ROOT, 'properties/task/beauty_to_electronics.yaml')}",
         "--epochs=2",
+        "--pretrain.epochs=2",
     ],
     "UniSRec": [
         "--model=UniSRec",
@@ -84,9 +86,15 @@ def main():
     parser.add_argument("--workdir", default=os.path.join("results", "tmp", "recipes"))
     parser.add_argument("--out", default=os.path.join("results", "bench_recipes.md"))
     parser.add_argument("--only", default="", help="comma-separated recipe names")
+    parser.add_argument(
+        "--keep_cache",
+        action="store_true",
+        help="keep the stages cached by an earlier call (e.g. PLMInitBERT4Rec after PLMInitSASRec)",
+    )
     args = parser.parse_args()
     workdir = os.path.abspath(args.workdir)
-    shutil.rmtree(os.path.join(workdir, "saved", "stages"), ignore_errors=True)
+    if not args.keep_cache:
+        shutil.rmtree(os.path.join(workdir, "saved", "stages"), ignore_errors=True)
     os.makedirs(workdir, exist_ok=True)
     start_table(
         args.out,
