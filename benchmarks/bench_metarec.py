@@ -8,11 +8,29 @@ meta iteration and a joint step read the same batches, so their ratio is the pri
 
 ``--key=value`` pairs go to every run. Rows are appended to ``--out`` as they finish (rows already there are
 skipped).
+
+Diagnosis of the meta path (``trainer.meta.diagnose``; dropout off unless ``--dropout_prob`` says otherwise): per
+parameter group the inner-step size ||theta - phi|| / ||theta||, how far the meta-gradient is from the plain target
+gradient, the rescaling weights and the codeword use per VQ head, over ``--iterations`` meta iterations from the
+start of training; ``--grid`` repeats it (same data, same initial weights) for each combination of settings:
+
+    python benchmarks/bench_metarec.py --diagnose --dataset=Scientific \\
+        --source_datasets="['Tools','Toys','Sports']" --MAX_ITEM_LIST_LENGTH=20 \\
+        [--iterations=6] [--grid="inner_lr=0.1,1,10 inner_steps=1,3"]
+
+Seconds per iteration of MetaRec and of joint training on the same batches, in one process (``--timing=N``
+iterations each, after one warm-up iteration):
+
+    python benchmarks/bench_metarec.py --timing=20 --dataset=Scientific [--key=value ...]
 """
 
 import argparse
+import ast
+import itertools
 import os
+import statistics
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,15 +59,128 @@ PAPER_METRICS = {
 }
 
 
+# the diagnosis and the timing run in this process, quietly; dropout off so that the meta and the plain
+# gradients differ by the inner steps only
+QUIET = {"show_progress": False, "log_flops": False, "state": "WARNING"}
+DIAGNOSE = dict(QUIET, dropout_prob=0.0)
+
+
+def parse_grid(text):
+    """'inner_lr=0.1,1 inner_steps=1,3' -> one settings dict per combination (values as Python literals)."""
+    axes = []
+    for item in (text or "").split():
+        key, _, values = item.partition("=")
+        axes.append([(key, ast.literal_eval(v)) for v in values.split(",")])
+    return [dict(point) for point in itertools.product(*axes)] if axes else [{}]
+
+
+def rebuild(config, train_data, settings):
+    """A fresh model and trainer on the already loaded data, with ``settings`` over ``config`` (same seed)."""
+    from recbole.utils import init_seed
+
+    from recbole_transfer import registry
+
+    for key, value in settings.items():
+        config[key] = value
+    init_seed(config["seed"], config["reproducibility"])
+    model = registry.get_model_class(config["model"])(config, train_data._dataset)
+    model = model.to(config["device"])
+    trainer_class = registry.get_trainer_class(
+        config["model"], config["MODEL_TYPE"], config["train_stage"]
+    )
+    return model, trainer_class(config, model)
+
+
+def span(values):
+    low, high = f"{min(values):.2e}", f"{max(values):.2e}"
+    return low if low == high else f"{low}-{high}"
+
+
+def run_diagnosis(dataset, overrides, iterations, grid):
+    from recbole_transfer.quick_start import build
+    from recbole_transfer.trainer.meta import diagnose, diagnosis_report
+
+    config, _, _, (train, _, _) = build(
+        "MetaRec", dataset, config_dict=dict(DIAGNOSE, **overrides)
+    )
+    rows = []
+    for settings in parse_grid(grid):
+        _, trainer = rebuild(config, train, settings)
+        records = diagnose(trainer, train, iterations)
+        label = ", ".join(f"{k}={v}" for k, v in settings.items()) or "as configured"
+        print(f"\n## {dataset}: {label}\n{diagnosis_report(records)}", flush=True)
+        steps = [r["groups"]["all"]["step"] for r in records]
+        diffs = [r["groups"]["all"]["diff"] for r in records]
+        cosines = [r["groups"]["all"]["cos"] for r in records]
+        rows.append(
+            f"| {label} | {span(steps)} | {span(diffs)} | "
+            f"{min(cosines):.4f} | {records[0]['loss_theta']:.3f} -> {records[-1]['loss_theta']:.3f} | "
+            f"{statistics.mean(r['source_loss_theta'] - r['source_loss_phi'] for r in records):.4f} | "
+            f"{statistics.mean(r['seconds'] for r in records):.2f} |"
+        )
+    print(
+        f"\n## {dataset}: summary over {iterations} meta iterations (all shared weights; step = ||theta - phi|| "
+        "/ ||theta||, grad diff = ||g_meta - g_plain|| / ||g_plain||)\n"
+        "| settings | step | grad diff | min cos | target loss at theta, first -> last "
+        "| source loss drop theta -> phi | s/iteration (diagnosed) |\n"
+        "|---|---|---|---|---|---|---|"
+    )
+    print("\n".join(rows))
+
+
+def run_timing(dataset, overrides, iterations):
+    """Median seconds per iteration of MetaRec and of joint training over the same target batches."""
+    from recbole_transfer.quick_start import build
+
+    config, _, _, (train, _, _) = build(
+        "MetaRec", dataset, config_dict=dict(QUIET, **overrides)
+    )
+    seconds = {}
+    for transfer in ("meta", "joint"):
+        model, trainer = rebuild(config, train, {"transfer": transfer})
+        step = trainer.meta_step if transfer == "meta" else trainer.joint_step
+        sources, loader, times = train._dataset.sources, iter(train), []
+        model.train()
+        for _ in range(iterations + 1):
+            batches = [next(loader).to(trainer.device) for _ in range(trainer.n_tasks)]
+            domains = trainer._sample_domains(len(sources))
+            start = time.perf_counter()
+            step(batches, domains, sources)
+            times.append(time.perf_counter() - start)
+        seconds[transfer] = statistics.median(times[1:])
+    print(
+        f"{dataset}: s/iteration over {iterations} iterations (median): MetaRec {seconds['meta']:.3f}, "
+        f"joint {seconds['joint']:.3f}, ratio {seconds['meta'] / seconds['joint']:.2f}"
+    )
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="Scientific", help="the target")
     parser.add_argument("--runs", default=",".join(RUNS))
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="print the diagnosis of the meta path (no results table)",
+    )
+    parser.add_argument("--iterations", type=int, default=6)
+    parser.add_argument("--grid", default=None, help="'key=v1,v2 key2=...'")
+    parser.add_argument("--timing", type=int, default=0, help="iterations to time")
     args, overrides = parser.parse_known_args()
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from recbole_transfer.config import parse_cli_overrides
 
+    # RecBole's Config reads sys.argv: the overrides reach it through config_dict instead
+    sys.argv = sys.argv[:1]
+    if args.diagnose:
+        run_diagnosis(
+            args.dataset, parse_cli_overrides(overrides), args.iterations, args.grid
+        )
+        return
+    if args.timing:
+        run_timing(args.dataset, parse_cli_overrides(overrides), args.timing)
+        return
     common = dict(PAPER_METRICS, **parse_cli_overrides(overrides))
     out = args.out or os.path.join("results", f"bench_metarec_{args.dataset}.md")
     start_table(

@@ -87,3 +87,58 @@ def test_lrurec_training_lowers_the_loss(tiny_root, tmp_path):
         trainer.optimizer.step()
     with torch.no_grad():
         assert model.calculate_loss(batch).item() < before - 0.5
+
+
+def _lrurec(tiny_root, tmp_path, **extra):
+    from recbole_transfer.quick_start import build
+
+    _, model, _, _ = build(
+        "LRURec",
+        "Scientific",
+        config_dict=dict(
+            FAST,
+            data_path=str(tiny_root),
+            checkpoint_dir=str(tmp_path / "saved"),
+            **extra,
+        ),
+    )
+    return model
+
+
+@pytest.mark.parametrize("multiplier", [2, 1])
+def test_lru_state_is_2d_complex_as_the_official_code(tiny_root, tmp_path, multiplier):
+    # official model/lru.py: B maps d real inputs to 2d complex states, C maps them back to d (1: earlier variant)
+    extra = {} if multiplier == 2 else {"lru_state_multiplier": 1}
+    model = _lrurec(tiny_root, tmp_path, **extra)
+    d, state = 16, 16 * multiplier
+    lru = model.blocks[0].lru
+    assert lru.params_log.shape == (3, state)
+    assert lru.in_proj.weight.shape == (2 * state, d)
+    assert lru.out_proj.weight.shape == (d, 2 * state)
+    x = torch.randn(2, 12, d)
+    changed = x.clone()
+    changed[:, 6] += 1.0
+    with torch.no_grad():
+        before, after = lru(x), lru(changed)
+    assert before.shape == x.shape
+    assert torch.equal(before[:, :6], after[:, :6])  # still causal
+    assert not torch.allclose(before[:, 6:], after[:, 6:])
+
+
+@pytest.mark.parametrize("dropout_first", [True, False])
+def test_embedding_dropout_order(tiny_root, tmp_path, dropout_first):
+    model = _lrurec(
+        tiny_root, tmp_path, dropout_prob=0.5, embedding_dropout_first=dropout_first
+    )
+    model.train()
+    x = torch.randn(3, 5, 16)
+    torch.manual_seed(7)
+    out = model.embed(x)
+    torch.manual_seed(7)
+    if dropout_first:  # the official order: LayerNorm(dropout(E x))
+        expected = model.embedding_norm(torch.nn.functional.dropout(x, 0.5))
+    else:
+        expected = torch.nn.functional.dropout(model.embedding_norm(x), 0.5)
+    torch.testing.assert_close(out, expected)
+    if dropout_first:  # after the LayerNorm, dropped positions are no longer zero
+        assert not bool((out == 0).any())

@@ -4,10 +4,15 @@ Reference:
     Zhenrui Yue, Yueqi Wang, Zhankui He, Huimin Zeng, Julian McAuley, Dong Wang. "Linear Recurrent Units for
     Sequential Recommendation." WSDM 2024.
 
-Item embedding -> LayerNorm -> dropout -> ``n_layers`` blocks of [LRU layer (``layers.LRULayer``, parallel scan of
+Item embedding -> dropout -> LayerNorm -> ``n_layers`` blocks of [LRU layer (``layers.LRULayer``, parallel scan of
 depth log2 L) -> dropout -> residual -> LayerNorm -> FFN d -> 4d -> d (GELU) -> dropout -> residual -> LayerNorm].
 The hidden state at the newest item scores every item through the tied item table (+ a per-item bias).
 The recurrence is causal, so RecBole's right-padded histories need no mask: padding comes after the newest item.
+
+As the official code (model/lru.py of the LRURec repository): the LRU state has ``lru_state_multiplier`` x d = 2d
+complex dimensions (B: d -> 2d complex, C: 2d complex -> d), and dropout comes before the embedding LayerNorm.
+``lru_state_multiplier: 1`` and ``embedding_dropout_first: False`` give the earlier variant (a state of d, dropout
+after the LayerNorm).
 """
 
 import torch
@@ -17,10 +22,22 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole_transfer.model.layers import LRULayer
 
 
+def lru_layer(hidden_size, state_size, r_min, r_max, max_phase):
+    """``layers.LRULayer`` with a state of ``state_size`` complex dimensions between inputs and outputs of
+    ``hidden_size`` (the layer's own projections are square: state = hidden)."""
+    layer = LRULayer(state_size, r_min, r_max, max_phase)
+    if state_size != hidden_size:
+        layer.in_proj = nn.Linear(hidden_size, 2 * state_size)  # Re and Im of B x
+        layer.out_proj = nn.Linear(2 * state_size, hidden_size)  # C over [Re h; Im h]
+    return layer
+
+
 class LRUBlock(nn.Module):
-    def __init__(self, hidden_size, dropout, r_min, r_max, max_phase, eps=1e-12):
+    def __init__(
+        self, hidden_size, dropout, r_min, r_max, max_phase, state_size, eps=1e-12
+    ):
         super().__init__()
-        self.lru = LRULayer(hidden_size, r_min, r_max, max_phase)
+        self.lru = lru_layer(hidden_size, state_size, r_min, r_max, max_phase)
         self.lru_norm = nn.LayerNorm(hidden_size, eps=eps)
         self.ffn = nn.Sequential(
             nn.Linear(hidden_size, 4 * hidden_size),
@@ -45,6 +62,17 @@ class LRURec(SequentialRecommender):
         self.n_layers = config["n_layers"]
         self.dropout_prob = config["dropout_prob"]
         self.initializer_range = config["initializer_range"]
+        # unset (a config from before these keys): the official layout
+        multiplier = config["lru_state_multiplier"]
+        self.state_size = (
+            2 if multiplier is None else int(multiplier)
+        ) * self.hidden_size
+        dropout_first = config["embedding_dropout_first"]
+        self.embedding_dropout_first = dropout_first is None or bool(dropout_first)
+        if self.state_size < 1:
+            raise ValueError(
+                f"lru_state_multiplier must be at least 1; got {multiplier}"
+            )
         if config["loss_type"] != "CE":
             raise ValueError(
                 f"LRURec trains with loss_type CE only; got '{config['loss_type']}'"
@@ -64,6 +92,7 @@ class LRURec(SequentialRecommender):
                 config["lru_r_min"],
                 config["lru_r_max"],
                 config["lru_max_phase"],
+                self.state_size,
             )
             for _ in range(self.n_layers)
         )
@@ -88,9 +117,15 @@ class LRURec(SequentialRecommender):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
+    def embed(self, item_emb):
+        """The blocks' input from item vectors [B, L, d]: LayerNorm(dropout(x)) (or dropout(LayerNorm(x)))."""
+        if self.embedding_dropout_first:
+            return self.embedding_norm(self.embedding_dropout(item_emb))
+        return self.embedding_dropout(self.embedding_norm(item_emb))
+
     def encode(self, item_emb, item_seq_len):
         """Sequence vectors [B, d] from item vectors [B, L, d]: the hidden state at each newest item."""
-        x = self.embedding_dropout(self.embedding_norm(item_emb))
+        x = self.embed(item_emb)
         for block in self.blocks:
             x = block(x)
         return self.gather_indexes(x, item_seq_len - 1)

@@ -8,8 +8,9 @@ Reference:
 The LRURec body (``model.lrurec``) is shared by every domain; each domain has its own item table. A source item's
 vector z_e is quantized per head onto the TARGET item table reshaped into ``vq_heads`` heads (``layers.
 VectorQuantizer``, Eq. 2), so sources speak in target-item codewords; the straight-through gradient trains z_e and
-L_vq (Eq. 3) trains the codewords. Target items are their own codewords (quantizing the codebook onto itself is the
-identity), so the target path is plain LRURec and serving costs the same. Loss per domain: CE + L_vq (Eq. 9).
+L_vq (Eq. 3, ``vq_loss``) trains the codewords. Target items are their own codewords (quantizing the codebook onto
+itself is the identity), so the target path is plain LRURec and serving costs the same. Loss per domain: CE + L_vq
+(Eq. 9).
 
 The bi-level updates live in ``trainer.meta.MetaTrainer``; data in ``data.dataset.MetaRecDataset``.
 ``vq_heads``: 0 = no VQ (ablation), 1 = single-head VQ (ablation), H = H heads.
@@ -25,6 +26,16 @@ from recbole_transfer.model.lrurec import LRURec
 TARGET_DOMAIN = (
     0  # domain index of the target; sources are 1..M in source_datasets order
 )
+
+
+def vq_loss(z_e, quantized):
+    """L_vq (Eq. 3) = ||z_q - sg[z_e]||^2 + ||sg[z_q] - z_e||^2: squared norms over the hidden dimensions (not
+    their mean: that would weigh L_vq 1/d of the paper's), averaged over the items. The first term pulls the chosen
+    codewords to the items, the second keeps the items near their codewords."""
+    return (
+        (quantized - z_e.detach()).pow(2).sum(-1)
+        + (quantized.detach() - z_e).pow(2).sum(-1)
+    ).mean()
 
 
 class MetaRec(LRURec):
@@ -79,9 +90,7 @@ class MetaRec(LRURec):
         z_q, quantized, _ = self.quantizer(z_e[1:], self.item_embedding.weight[1:])
         used = torch.unique(torch.cat([item_seq.flatten(), pos_items]))
         used = used[used > 0] - 1
-        return torch.cat([z_e[:1], z_q]), self.quantizer.loss(
-            z_e[1:][used], quantized[used]
-        )
+        return torch.cat([z_e[:1], z_q]), vq_loss(z_e[1:][used], quantized[used])
 
     def domain_loss(self, interaction, domain=TARGET_DOMAIN):
         """CE (+ L_vq for a source) of a batch of ``domain`` (0 = target, 1..M = ``source_datasets``)."""

@@ -14,13 +14,20 @@ theta - phi_i is the source task's accumulated gradient (alpha * sum of inner gr
 Sim(g_i, phi_i - theta) and calls phi_i - theta "the gradients of the source task"; with the literal sign the
 softmax would favour the sources whose updates oppose the target's meta-gradient, so the gradient sign is used.
 
+The inner steps must move phi for any of this to matter: the gradients of the shared weights are small (CE over
+thousands of items, weights initialised at std 0.02), so at ``inner_lr`` 0.1 and one step ||theta - phi|| / ||theta||
+is 1e-4 on Scientific and g_i is the plain target gradient to 0.1%: MetaRec would be target-only LRURec. The
+defaults (``inner_lr`` 1, 3 steps) move phi by 2.6e-3 and g_i by 2.5%, and lower the source loss on its batch;
+``diagnose`` measures this. ``inner_lr: 0`` is the control: phi = theta, every g_i is the plain target gradient and
+the weights are 1 / n (a zero step has cosine 0), so an iteration is a target-only step on the n batches.
+
 Source-only parameters (each source's item table and output bias) are not shared with the target and get no
-meta-gradient under first-order updates; they train on their own source loss (the gradient of the first inner step,
-an Adam optimizer of their own).
+meta-gradient under first-order updates; they train on their own source loss (the gradient of the first inner step).
+One optimizer (``learner``, ``learning_rate``, ``weight_decay``) holds them and the shared weights.
 
 ``transfer: joint`` (ablation "w/o meta transfer") trains on the same batches with one ordinary step on the mean of
 the n target and n source losses. Validation and test are RecBole's full ranking on the target. An epoch is one
-pass over the target's training loader; its last (len % n) batches, reshuffled each epoch, wait for the next one.
+pass over the target's training loader; its last (len % n) batches make a smaller iteration, so none is dropped.
 """
 
 import time
@@ -37,6 +44,7 @@ from recbole_transfer.errors import UserInputError
 from recbole_transfer.model.metarec import TARGET_DOMAIN
 
 TRANSFERS = ("meta", "joint")
+MAX_INNER_STEPS = 5
 
 
 class _DomainLoss(nn.Module):
@@ -141,6 +149,194 @@ def rescaling_weights(meta_grads, source_steps, tau, rescale=True):
     return weights
 
 
+def parameter_group(name):
+    """The group a parameter is reported under by ``diagnose``: the module that owns it, a block's LayerNorms
+    together (blocks.0.ffn.3.weight -> blocks.0.ffn, blocks.0.lru_norm.bias -> blocks.0.norms).
+    """
+    parts = name.split(".")
+    if parts[0] != "blocks" or len(parts) < 4:
+        return parts[0]
+    return f"blocks.{parts[1]}." + ("norms" if parts[2].endswith("_norm") else parts[2])
+
+
+def _norm(tensors):
+    return torch.sqrt(sum(t.double().pow(2).sum() for t in tensors)).item()
+
+
+def _group_stats(names, theta, meta, plain):
+    """Means over the tasks of the inner-step size, the meta-vs-plain gradient difference and cosine, and the
+    range of the rescaling weights, over the parameters ``names``."""
+    step, diff, cosine = [], [], []
+    for phi, grad, base in zip(meta["phis"], meta["grads"], plain):
+        step.append(
+            _norm([theta[n] - phi[n] for n in names])
+            / max(_norm(theta[n] for n in names), 1e-30)
+        )
+        base_norm = _norm(base[n] for n in names)
+        diff.append(_norm([grad[n] - base[n] for n in names]) / max(base_norm, 1e-30))
+        dot = sum((grad[n].double() * base[n].double()).sum() for n in names).item()
+        cosine.append(dot / max(_norm(grad[n] for n in names) * base_norm, 1e-30))
+    weights = torch.stack([meta["weights"][n] for n in names])
+    return {
+        "step": sum(step) / len(step),
+        "diff": sum(diff) / len(diff),
+        "cos": sum(cosine) / len(cosine),
+        "w_min": weights.min().item(),
+        "w_max": weights.max().item(),
+    }
+
+
+@torch.no_grad()
+def codeword_use(model, sources, top=10):
+    """{source name: {items: the source's items, codewords: the codebook's size, heads: [(distinct codewords hit
+    by the source's items, share of its items on the ``top`` most used codewords) per VQ head]}}; {} without VQ.
+    """
+    if model.quantizer is None:
+        return {}
+    codebook = model.item_embedding.weight[1:]
+    use = {}
+    for domain, source in enumerate(sources, start=1):
+        codes = model.quantizer.codes(
+            model.source_item_embedding[domain - 1].weight[1:], codebook
+        )
+        heads = []
+        for head in range(codes.shape[1]):
+            counts = torch.bincount(codes[:, head], minlength=codebook.shape[0])
+            top_share = counts.topk(min(top, len(counts))).values.sum() / len(codes)
+            heads.append((int((counts > 0).sum()), float(top_share)))
+        use[source.name] = {
+            "items": len(codes),
+            "codewords": codebook.shape[0],
+            "heads": heads,
+        }
+    return use
+
+
+def diagnose(trainer, train_data, iterations=6):
+    """What the meta path does over ``iterations`` consecutive meta iterations from the trainer's current state,
+    on the target's training batches in loader order. Each iteration is measured with dropout off, so the
+    meta-gradient and the plain target gradient differ by the inner steps only, then trained on as usual.
+
+    One record per iteration: target loss at theta and at phi, source loss at theta and at phi (what the inner
+    steps achieved), ``groups`` {parameter group (``parameter_group``; "all" = every shared weight): step =
+    ||theta - phi|| / ||theta||, diff = ||g_meta - g_plain|| / ||g_plain||, cos = cos(g_meta, g_plain) (each the
+    mean over the tasks), w_min / w_max = the range of the rescaling weights}, ``codewords`` (``codeword_use``)
+    and the iteration's seconds.
+    """
+    model = trainer.model
+    sources = train_data._dataset.sources
+    names = trainer.shared_names
+    groups = {}
+    for name in names:
+        groups.setdefault(parameter_group(name), []).append(name)
+    groups["all"] = list(names)
+    dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
+    records, loader = [], iter(train_data)
+    for _ in range(iterations):
+        target_batches = []
+        for _ in range(trainer.n_tasks):
+            batch = next(loader, None)
+            if batch is None:  # a short epoch: start the next one
+                loader = iter(train_data)
+                batch = next(loader)
+            target_batches.append(batch.to(trainer.device))
+        domains = trainer._sample_domains(len(sources))
+        source_batches = [trainer._source_batch(sources[d - 1]) for d in domains]
+        params = dict(model.named_parameters())
+        theta = {n: params[n].detach().clone() for n in names}
+        start = time.perf_counter()
+        model.eval()
+        meta = trainer.meta_gradients(target_batches, domains, source_batches)
+        plain, plain_losses = [], []
+        for batch in target_batches:
+            loss = model.domain_loss(batch, TARGET_DOMAIN)
+            grads = torch.autograd.grad(
+                loss, [params[n] for n in names], allow_unused=True
+            )
+            plain.append(
+                {
+                    n: torch.zeros_like(params[n]) if g is None else g
+                    for n, g in zip(names, grads)
+                }
+            )
+            plain_losses.append(loss.item())
+        with torch.no_grad():
+            source_losses = [
+                (
+                    model.domain_loss(batch, domain).item(),
+                    domain_loss(model, phi, batch, domain).item(),
+                )
+                for batch, domain, phi in zip(source_batches, domains, meta["phis"])
+            ]
+        record = {
+            "loss_theta": sum(plain_losses) / len(plain_losses),
+            "loss_phi": torch.stack(meta["losses"]).mean().item(),
+            "source_loss_theta": sum(s[0] for s in source_losses) / len(source_losses),
+            "source_loss_phi": sum(s[1] for s in source_losses) / len(source_losses),
+            "groups": {
+                g: _group_stats(group, theta, meta, plain)
+                for g, group in groups.items()
+            },
+            "codewords": codeword_use(model, sources),
+        }
+        model.train()
+        if dropout:  # measured without dropout: train on gradients with it
+            meta = trainer.meta_gradients(target_batches, domains, source_batches)
+        trainer.apply_meta_gradients(meta)
+        record["seconds"] = time.perf_counter() - start
+        records.append(record)
+    return records
+
+
+def diagnosis_report(records):
+    """``diagnose``'s records as text: per parameter group the range over the iterations, the iterations one by
+    one (all shared weights), and the codeword use at the first and the last iteration.
+    """
+
+    def span(values, fmt):
+        low, high = fmt.format(min(values)), fmt.format(max(values))
+        return low if low == high else f"{low}-{high}"
+
+    lines = [
+        f"over {len(records)} meta iterations; step = ||theta - phi|| / ||theta||, grad diff = ||g_meta - g_plain|| "
+        "/ ||g_plain||, cos = cos(g_meta, g_plain), each the mean over the tasks (ranges over the iterations)",
+        "| group | step | grad diff | cos | rescaling weights |",
+        "|---|---|---|---|---|",
+    ]
+    for group in records[0]["groups"]:
+        stats = [r["groups"][group] for r in records]
+        lines.append(
+            f"| {group} | {span([s['step'] for s in stats], '{:.2e}')} | "
+            f"{span([s['diff'] for s in stats], '{:.2e}')} | "
+            f"{span([s['cos'] for s in stats], '{:.4f}')} | "
+            f"{min(s['w_min'] for s in stats):.2f}-{max(s['w_max'] for s in stats):.2f} |"
+        )
+    lines += [
+        "",
+        "| iteration | target loss theta | target loss phi | source loss theta | source loss phi | step | grad diff "
+        "| cos | s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for index, r in enumerate(records):
+        a = r["groups"]["all"]
+        lines.append(
+            f"| {index} | {r['loss_theta']:.4f} | {r['loss_phi']:.4f} | {r['source_loss_theta']:.4f} | "
+            f"{r['source_loss_phi']:.4f} | {a['step']:.2e} | {a['diff']:.2e} | {a['cos']:.4f} | "
+            f"{r['seconds']:.1f} |"
+        )
+    for label, r in (("first", records[0]), ("last", records[-1])):
+        for name, use in r["codewords"].items():
+            heads = use["heads"]
+            lines.append(
+                f"codewords ({label} iteration) {name} ({use['items']} items, {use['codewords']} codewords): "
+                "distinct per head "
+                + "/".join(str(d) for d, _ in heads)
+                + "; share on the 10 most used "
+                + "/".join(f"{share:.1%}" for _, share in heads)
+            )
+    return "\n".join(lines)
+
+
 class MetaTrainer(plugin_trainer(Trainer)):
     def __init__(self, config, model):
         super().__init__(config, model)
@@ -156,23 +352,29 @@ class MetaTrainer(plugin_trainer(Trainer)):
         self.rescale = bool(config["gradient_rescaling"])
         self.tau = float(config["rescaling_temperature"])
         self.source_batch_size = int(config["source_batch_size"])
-        if self.n_tasks < 1 or self.inner_steps < 1:
-            raise UserInputError("meta_tasks and inner_steps must be at least 1")
+        if self.n_tasks < 1:
+            raise UserInputError(f"meta_tasks must be at least 1; got {self.n_tasks}")
+        if not 1 <= self.inner_steps <= MAX_INNER_STEPS:
+            raise UserInputError(
+                f"inner_steps must be 1 to {MAX_INNER_STEPS}; got {self.inner_steps}"
+            )
+        if self.inner_lr < 0:
+            raise UserInputError(f"inner_lr must be >= 0; got {self.inner_lr}")
         named = dict(model.named_parameters())
         self.shared_names = [
             n
             for n, p in named.items()
             if p.requires_grad and not model.is_source_parameter(n)
         ]
-        source_params = [p for n, p in named.items() if model.is_source_parameter(n)]
-        # RecBole's optimizer takes the shared parameters only: the source tables have their own
+        self.source_param_names = [
+            n
+            for n, p in named.items()
+            if p.requires_grad and model.is_source_parameter(n)
+        ]
+        # one optimizer (learner, learning_rate, weight_decay) for the shared weights and the source tables, so
+        # both follow the configured optimizer and a checkpoint holds all of its state
         self.optimizer = self._build_optimizer(
-            params=[named[n] for n in self.shared_names]
-        )
-        self.source_optimizer = (
-            torch.optim.Adam(source_params, lr=self.learning_rate)
-            if source_params
-            else None
+            params=[named[n] for n in self.shared_names + self.source_param_names]
         )
         self.distributed = not config["single_spec"]
         # each rank draws its own sources and source rows (with one process: the seed itself)
@@ -183,16 +385,19 @@ class MetaTrainer(plugin_trainer(Trainer)):
             []
         )  # wall time of every iteration (meta or joint), for the benchmark
 
-    def _sample_domains(self, n_sources):
+    def _sample_domains(self, n_sources, n_tasks=None):
+        """``n_tasks`` (default ``meta_tasks``) source domains, 1-based: without replacement while there are
+        enough."""
+        n_tasks = self.n_tasks if n_tasks is None else n_tasks
         if n_sources == 0:
             raise UserInputError(
                 "MetaRec needs source_datasets (the target has no shipped family to take them from): "
                 "pass --source_datasets=\"['A','B']\""
             )
-        if self.n_tasks <= n_sources:
-            order = torch.randperm(n_sources, generator=self.generator)[: self.n_tasks]
+        if n_tasks <= n_sources:
+            order = torch.randperm(n_sources, generator=self.generator)[:n_tasks]
         else:
-            order = torch.randint(n_sources, (self.n_tasks,), generator=self.generator)
+            order = torch.randint(n_sources, (n_tasks,), generator=self.generator)
         return [int(i) + 1 for i in order]
 
     def _source_batch(self, source):
@@ -200,15 +405,6 @@ class MetaTrainer(plugin_trainer(Trainer)):
             len(source.interaction), (self.source_batch_size,), generator=self.generator
         )
         return source.interaction[rows].to(self.device)
-
-    def _set_source_grads(self, grads_by_domain):
-        params = dict(self.model.named_parameters())
-        for grads in grads_by_domain:
-            for name, grad in grads.items():
-                if grad is not None and self.model.is_source_parameter(name):
-                    params[name].grad = (
-                        grad if params[name].grad is None else params[name].grad + grad
-                    )
 
     def _average_gradients_over_ranks(self):
         """Data-parallel training: every rank ends with the mean of the ranks' gradients. A parameter no rank has a
@@ -244,49 +440,66 @@ class MetaTrainer(plugin_trainer(Trainer)):
         self._average_gradients_over_ranks()
         self._clip()
         self.optimizer.step()
-        if self.source_optimizer is not None:
-            self.source_optimizer.step()
 
-    def _zero_grad(self):
-        self.optimizer.zero_grad()
-        if self.source_optimizer is not None:
-            self.source_optimizer.zero_grad()
-
-    def meta_step(self, target_batches, domains, sources):
-        """One meta iteration; returns the mean target loss at the adapted parameters."""
+    def meta_gradients(self, target_batches, domains, source_batches):
+        """The meta-gradients of one iteration, not applied: {grads, steps, losses, first_grads, phis: one entry
+        per (target batch, source domain, source batch); weights: {name: [n]}}."""
         params = dict(self.model.named_parameters())
-        meta_grads, source_steps, losses, first_grads = [], [], [], []
-        for target_batch, domain in zip(target_batches, domains):
-            source_names = self.model.source_parameter_names(domain)
-            grads, steps, loss, _, first = meta_gradient(
+        out = {k: [] for k in ("grads", "steps", "losses", "first_grads", "phis")}
+        for target_batch, domain, source_batch in zip(
+            target_batches, domains, source_batches
+        ):
+            grads, steps, loss, phi, first = meta_gradient(
                 self.model,
                 params,
                 self.shared_names,
-                source_names,
-                self._source_batch(sources[domain - 1]),
+                self.model.source_parameter_names(domain),
+                source_batch,
                 domain,
                 target_batch,
                 self.inner_steps,
                 self.inner_lr,
                 self.first_order,
             )
-            meta_grads.append(grads)
-            source_steps.append(steps)
-            losses.append(loss)
-            first_grads.append(first)
-        weights = rescaling_weights(meta_grads, source_steps, self.tau, self.rescale)
-        self._zero_grad()
+            out["grads"].append(grads)
+            out["steps"].append(steps)
+            out["losses"].append(loss)
+            out["first_grads"].append(first)
+            # the adapted weights are kept for the diagnosis only: without their graph
+            out["phis"].append({n: v.detach() for n, v in phi.items()})
+        out["weights"] = rescaling_weights(
+            out["grads"], out["steps"], self.tau, self.rescale
+        )
+        return out
+
+    def apply_meta_gradients(self, meta):
+        """One optimizer step: the shared weights on sum_i w_i g_i, each sampled source's table on its own
+        gradient. Returns the mean target loss at the adapted parameters."""
+        params = dict(self.model.named_parameters())
+        self.optimizer.zero_grad()
         for name in self.shared_names:
             params[name].grad = sum(
-                w * g[name] for w, g in zip(weights[name], meta_grads)
+                w * g[name] for w, g in zip(meta["weights"][name], meta["grads"])
             )
-        self._set_source_grads(first_grads)
+        for grads in meta["first_grads"]:
+            for name, grad in grads.items():
+                if grad is not None and self.model.is_source_parameter(name):
+                    params[name].grad = (
+                        grad if params[name].grad is None else params[name].grad + grad
+                    )
         self._apply_gradients()
-        return torch.stack(losses).mean()
+        return torch.stack(meta["losses"]).mean()
+
+    def meta_step(self, target_batches, domains, sources):
+        """One meta iteration; returns the mean target loss at the adapted parameters."""
+        source_batches = [self._source_batch(sources[d - 1]) for d in domains]
+        return self.apply_meta_gradients(
+            self.meta_gradients(target_batches, domains, source_batches)
+        )
 
     def joint_step(self, target_batches, domains, sources):
         """The ablation without meta transfer: one ordinary step on the mean of the same batches' losses."""
-        self._zero_grad()
+        self.optimizer.zero_grad()
         losses = []
         for target_batch, domain in zip(target_batches, domains):
             losses.append(self.model.domain_loss(target_batch, TARGET_DOMAIN))
@@ -309,10 +522,10 @@ class MetaTrainer(plugin_trainer(Trainer)):
         self.model.train()
         sources = train_data._dataset.sources
         step = self.meta_step if self.transfer == "meta" else self.joint_step
-        n_iterations = len(train_data) // self.n_tasks
+        n_batches = len(train_data)
         progress = (
             tqdm(
-                total=n_iterations,
+                total=-(-n_batches // self.n_tasks),
                 ncols=100,
                 desc=set_color(f"Train {epoch_idx:>5}", "pink"),
             )
@@ -320,12 +533,15 @@ class MetaTrainer(plugin_trainer(Trainer)):
             else None
         )
         total, batches = 0.0, []
-        for interaction in train_data:
+        for index, interaction in enumerate(train_data):
             batches.append(interaction.to(self.device))
-            if len(batches) < self.n_tasks:
+            # the epoch's last (n_batches % n) batches make a smaller iteration of their own
+            if len(batches) < self.n_tasks and index + 1 < n_batches:
                 continue
             start = time.perf_counter()
-            loss = step(batches, self._sample_domains(len(sources)), sources)
+            loss = step(
+                batches, self._sample_domains(len(sources), len(batches)), sources
+            )
             self.iteration_seconds.append(time.perf_counter() - start)
             self._check_nan(loss)
             total += loss.item()
