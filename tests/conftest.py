@@ -37,6 +37,16 @@ PROMPT = dict(
     max_eval_users=1,
 )
 
+# PeterRec: a one-block, 16-wide backbone, one epoch per stage
+PETERREC = dict(
+    FAST,
+    hidden_size=16,
+    dilations=[1],
+    train_batch_size=128,
+    MAX_ITEM_LIST_LENGTH=20,
+    epochs=1,
+)
+
 
 def cut_users(name, n_users, out_root):
     """Copy the first ``n_users`` users of dataset/<name> (with item text, if any) into out_root/<name>."""

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from conftest import FAST, PROMPT, REPO, cut_users
+from conftest import FAST, PETERREC, PROMPT, REPO, cut_users
 
 from recbole_transfer import recipe
 from recbole_transfer.model.xcross import HEAD_FILE
@@ -279,14 +279,7 @@ def test_peterrec_recipe_pretrains_on_the_source_then_finetunes(tmp_path, monkey
     cut_users("ABE_Electronics", 100, root)
     recorder = StageRecorder(monkeypatch)
     settings = dict(
-        FAST,
-        hidden_size=16,
-        dilations=[1],
-        train_batch_size=128,
-        MAX_ITEM_LIST_LENGTH=20,
-        epochs=1,
-        data_path=str(root),
-        checkpoint_dir=str(tmp_path / "saved"),
+        PETERREC, data_path=str(root), checkpoint_dir=str(tmp_path / "saved")
     )
     task = [str(REPO / "properties/task/beauty_to_electronics.yaml")]
     pretrain_keys = {"pretrain": {"epochs": 1}}

@@ -5,7 +5,7 @@ import csv
 import pytest
 import torch
 
-from conftest import FAST, PROMPT, REPO, cut_users
+from conftest import FAST, PETERREC, PROMPT, REPO, cut_users
 
 from recbole_transfer import recommend
 from recbole_transfer.data.dataset import read_atomic
@@ -305,14 +305,6 @@ def test_bad_candidate_files_are_one_line_with_the_line_number(
 
 
 # --- PeterRec fine-tuned on a target item task (general-type data: the user's source history is the input) ----
-PETERREC = dict(
-    FAST,
-    hidden_size=16,
-    dilations=[1],
-    train_batch_size=128,
-    MAX_ITEM_LIST_LENGTH=20,
-    epochs=1,
-)
 
 
 @pytest.fixture(scope="module")
