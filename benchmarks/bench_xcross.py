@@ -12,6 +12,16 @@ every part needs): ``baselines`` (zero-shot sources, Pooler+Scorer, new LoRA), `
 starting point), ``curve``, ``ablations``. Rows are appended to ``--out`` as they finish (rows already there are
 skipped); results are kept in ``<out>.json``, the source adapters in ``saved/<out file name>/`` or ``--adapters``
 (adapters found there are tested on their own domains and reused, not retrained).
+
+    python benchmarks/bench_xcross.py --diagnose --dataset=Sports [--shuffled_targets] [--key=value ...]
+
+``--diagnose``: is PromptLoRA's training path learning (docs/RESULTS.md, "X-Cross / PromptLoRA training:
+diagnosis")? One PromptLoRA run on ``--dataset`` printing, before training and after every epoch, the training
+loss per batch (train mode: dropout on, fresh negatives), the eval-mode multiple-choice loss of the validation
+users' (history, target) pairs against fixed popularity negatives (``held-out``) and valid MRR@10; before them the
+references: chance, a constant-score model's valid MRR@10, and a content-similarity scorer (cosine between the
+mean of the history items' and the candidate's mean-pooled title vectors) on the training task and on
+validation. ``--shuffled_targets`` trains on the targets permuted across training rows (control).
 """
 
 import argparse
@@ -32,7 +42,140 @@ ABLATIONS = [
 PARTS = ["baselines", "xcross", "curve", "ablations"]
 
 
+def diagnose(dataset, overrides, shuffled_targets=False):
+    import math
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    from recbole_transfer import plm
+    from recbole_transfer.model.xcross import popularity_negatives
+    from recbole_transfer.quick_start import build
+
+    config_dict = dict(
+        dict(show_progress=False, log_flops=False, state="WARNING"), **overrides
+    )
+    config, model, trainer, (train, valid, _) = build(
+        "PromptLoRA", dataset, config_dict=config_dict
+    )
+    rows, k = train._dataset.inter_feat, model.n_negatives
+    history = model.history_items
+    print(
+        f"{dataset}: {len(rows)} training rows, {model.n_negatives} negatives, chance loss "
+        f"ln({k + 1}) = {math.log(k + 1):.4f}; chance MRR@10 on 30 candidates "
+        f"{sum(1 / r for r in range(1, 11)) / 30:.4f}",
+        flush=True,
+    )
+
+    def evaluate(predict):
+        saved, model.predict = model.predict, predict
+        try:
+            return trainer.evaluate(valid, load_best_model=False)["mrr@10"]
+        finally:
+            model.predict = saved
+
+    # references: a constant-score model and a content-similarity scorer
+    constant = evaluate(
+        lambda interaction: torch.zeros(len(interaction[model.ITEM_ID]))
+    )
+    tokenizer, encoder = plm.load_plm(config["plm_name"])
+    vectors = F.normalize(
+        plm.encode_texts(
+            list(train._dataset.item_texts),
+            tokenizer,
+            encoder,
+            pooling="mean",
+            show_progress=False,
+        ),
+        dim=-1,
+    )
+
+    def similarity(seq, lengths, candidates):
+        shown = torch.stack(
+            [
+                vectors[s[max(0, n - history) : n]].mean(0)
+                for s, n in zip(seq, lengths.tolist())
+            ]
+        )
+        return (vectors[candidates] * shown.unsqueeze(1)).sum(-1)
+
+    negatives = popularity_negatives(
+        rows["item_id"], model.item_counts, k, torch.Generator().manual_seed(0)
+    )
+    scores = similarity(
+        rows["item_id_list"],
+        rows["item_length"],
+        torch.cat([rows["item_id"].unsqueeze(1), negatives], 1),
+    )
+    ranks = 1 + (scores[:, 1:] > scores[:, :1]).sum(1)
+    target = torch.zeros(len(rows), dtype=torch.long)
+    losses = {t: F.cross_entropy(t * scores, target).item() for t in (1, 2, 5, 10, 20)}
+    best = min(losses, key=losses.get)
+    cosine_valid = evaluate(
+        lambda i: similarity(
+            i[model.ITEM_SEQ], i[model.ITEM_SEQ_LEN], i[model.ITEM_ID].unsqueeze(1)
+        ).squeeze(1)
+    )
+    print(
+        f"constant scores: valid MRR@10 {constant:.4f}\n"
+        f"content similarity: training task MRR {float((1.0 / ranks).mean()):.4f} "
+        f"(chance {sum(1 / r for r in range(1, k + 2)) / (k + 1):.4f}), best loss "
+        f"{losses[best]:.4f} (x{best}); valid MRR@10 {cosine_valid:.4f}",
+        flush=True,
+    )
+
+    if shuffled_targets:  # the control: every row's target is another row's
+        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))
+        rows["item_id"] = rows["item_id"][order]
+    held = valid._dataset.inter_feat
+    held_negatives = popularity_negatives(
+        held["item_id"], model.item_counts, k, torch.Generator().manual_seed(123)
+    )
+
+    def held_out_loss():
+        model.eval()
+        with torch.no_grad():
+            candidates = torch.cat([held["item_id"].unsqueeze(1), held_negatives], 1)
+            scores = model.score_prompts(
+                model.prompt_tokens(
+                    held["item_id_list"], held["item_length"], candidates
+                )
+            ).view(len(candidates), -1)
+        return F.cross_entropy(
+            scores, torch.zeros(len(candidates), dtype=torch.long)
+        ).item()
+
+    print(
+        f"epoch 0 (untrained): held-out loss {held_out_loss():.4f} valid MRR@10 "
+        f"{trainer.evaluate(valid, load_best_model=False)['mrr@10']:.4f}",
+        flush=True,
+    )
+    for epoch in range(int(config["epochs"])):
+        started = time.time()
+        total = trainer._train_epoch(train, epoch)
+        seconds = time.time() - started
+        print(
+            f"epoch {epoch + 1}: training loss per batch {total / len(train):.4f} ({seconds:.0f} s) "
+            f"held-out loss {held_out_loss():.4f} valid MRR@10 "
+            f"{trainer.evaluate(valid, load_best_model=False)['mrr@10']:.4f}",
+            flush=True,
+        )
+
+
 def main():
+    if "--diagnose" in sys.argv:
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--diagnose", action="store_true")
+        parser.add_argument("--dataset", default="Sports")
+        parser.add_argument("--shuffled_targets", action="store_true")
+        args, overrides = parser.parse_known_args()
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        from recbole_transfer.config import parse_cli_overrides
+
+        sys.argv = sys.argv[:1]  # RecBole's Config reads the command line
+        diagnose(args.dataset, parse_cli_overrides(overrides), args.shuffled_targets)
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--target", default="Tools")
     parser.add_argument("--sources", default="Sports,Electronics")

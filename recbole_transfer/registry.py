@@ -195,4 +195,5 @@ register(
     "XCross",
     "recbole_transfer.model.xcross:XCross",
     "recbole_transfer.data.dataset:ItemTextDataset",
+    "recbole_transfer.trainer.lm:XCrossTrainer",
 )

@@ -6,13 +6,26 @@ is downstream, and a target's validation split must not steer FT), keeps the res
 
 ``PromptLoRATrainer``: RecBole's training with early stopping; every new best-validation model is also exported
 as a PromptLoRA folder (adapter + head, ``model.xcross``), so the folder always holds the best adapter.
+
+``XCrossTrainer``: RecBole's training with the prompt models' evaluation (``PromptEvaluation``) and no export
+(for ``XCross``'s entry in ``registry.py``).
+
+``PromptEvaluation``: exactly tied candidate scores are ranked in a random (seeded) order. RecBole ranks a user's
+candidates with ``torch.topk`` over item-id columns, and among equal scores that order is set by the columns, not
+by chance: a positive keeps one place among its tied candidates, and on the first validation draw of the 20-user
+Tools test fixture a model scoring every candidate alike measured MRR@10 .233 (chance there about .11). Over
+the popularity sampler's fresh draws that averages out on the shipped data, and no positive's prompt tied a
+negative's among the 200 evaluation users of the published tables, but a constant model now measures chance in
+expectation by construction. A language model scores two candidates exactly alike when their prompts are
+identical (titles equal after ``xc_title_tokens``) or when its head is degenerate.
 """
 
 import os
 import time
 
+import torch
 from recbole.trainer import Trainer
-from recbole.utils import set_color
+from recbole.utils import EvaluatorType, set_color
 
 from recbole_transfer.compat import PluginTrainer, plugin_trainer
 from recbole_transfer.trainer.pretrain import PretrainTrainer
@@ -69,7 +82,47 @@ class BehaviorTuningTrainer(PretrainTrainer):
             self.logger.info(set_color("Saving tuned encoder", "blue") + f": {folder}")
 
 
-class PromptLoRATrainer(plugin_trainer(Trainer)):
+def break_ties(scores, generator):
+    """``scores`` [users, items] reordered so that exactly equal scores of a row rank in random order and every
+    strict order is kept: each finite score becomes minus its rank (0 = best) in that order; -inf (an item that
+    is not a candidate, or is masked) stays -inf."""
+    keys = torch.rand(scores.shape, generator=generator).to(scores.device)
+    shuffle = keys.argsort(dim=1)  # a random order of the columns
+    order = scores.gather(1, shuffle).argsort(dim=1, descending=True, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(
+        1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
+    )
+    ranked = torch.empty_like(scores).scatter_(1, shuffle, -ranks.to(scores.dtype))
+    return ranked.masked_fill(scores == float("-inf"), float("-inf"))
+
+
+class PromptEvaluation:
+    """Mixin for a RecBole ``Trainer``: ranking evaluation with ties broken at random (``break_ties``, generator
+    seeded by ``seed``, drawn on through the run)."""
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.tie_generator = torch.Generator().manual_seed(int(config["seed"]))
+
+    def _ranked(self, result):
+        interaction, scores, positive_u, positive_i = result
+        if self.config["eval_type"] == EvaluatorType.RANKING:
+            scores = break_ties(scores, self.tie_generator)
+        return interaction, scores, positive_u, positive_i
+
+    def _neg_sample_batch_eval(self, batched_data):
+        return self._ranked(super()._neg_sample_batch_eval(batched_data))
+
+    def _full_sort_batch_eval(self, batched_data):
+        return self._ranked(super()._full_sort_batch_eval(batched_data))
+
+
+class XCrossTrainer(PromptEvaluation, plugin_trainer(Trainer)):
+    """``XCross``'s trainer: ties broken at random in evaluation, as ``PromptLoRATrainer``."""
+
+
+class PromptLoRATrainer(PromptEvaluation, plugin_trainer(Trainer)):
     def output_folder(self):
         """``adapter_dir``, else ``<checkpoint_dir>/PromptLoRA-<dataset>`` (+ ``-head`` for a head-only run)."""
         if not is_unset(self.config["adapter_dir"]):
