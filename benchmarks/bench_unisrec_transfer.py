@@ -1,0 +1,553 @@
+"""Does UniSRec's pretraining transfer? Pretrained vs from-scratch vs stock SASRec on several targets, the target
+gain against pretraining epochs (a curve) and against the source domains (one vs all: the paper's Figure 2), each
+over several seeds, inside wall-clock budgets so the whole study fits one machine lease.
+
+    python benchmarks/bench_unisrec_transfer.py --targets=Scientific,Tools,Toys --single_sources=Tools,Electronics \
+        --seeds=2020,2021,2022 --jobs=12 --pretrain_minutes=4 --finetune_minutes=8 \
+        --out=results/unisrec_transfer [--key=value ...]
+    python benchmarks/bench_unisrec_transfer.py --summarize --out=results/unisrec_transfer
+
+1. Item text: the matrices of every domain below (plain, and word-dropped for the pretraining sources) are
+   encoded once, one domain at a time, into the text cache the runs read (merged datasets read the same files).
+2. Pretraining (the CLI's ``--train_stage=pretrain``, one process per source set, all at once): per target on
+   every shipped dataset with item text except the target ("all"); for the first target also on each of
+   ``--single_sources``. A snapshot every ``--save_step`` epochs; a run ends after ``--pretrain_epochs`` or
+   ``--pretrain_minutes`` from the start, whichever comes first (then the snapshots written by then are its points).
+3. Fine-tuning (``--jobs`` fresh processes at a time, from the start of 2, in priority order; none starts after
+   ``--finetune_minutes`` from the start): SASRec and UniSRec from scratch while pretraining runs; then per target its last "all"
+   snapshot (transductive, then inductive), the first target's earlier snapshots (the curve, transductive) and its
+   single-source snapshots. Every run takes the ``--key=value`` pairs; one run per seed in ``--seeds``.
+
+Every finished run is one JSON line in ``<out>.jsonl`` (its settings, best validation and test metrics, epochs,
+costs); ``<out>.md`` (mean ± one standard error over seeds) and ``<out>.png`` are rebuilt from it after every run
+and by ``--summarize``. Each target's last "all" snapshot is exported (``recbole_transfer.pretrained``) as
+``<out>-<target>.pth``; the pretraining logs' epoch losses go to ``<out>-pretrain.json``.
+"""
+
+import argparse
+import json
+import math
+import os
+import queue
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import RunFailed, fit_and_measure, in_fresh_process, machine  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLI = os.path.join(REPO, "run_recbole_transfer.py")
+SHOWN = ["ndcg@10", "recall@10", "ndcg@50", "recall@50"]
+
+
+def encode_here(dataset, word_drop, overrides):
+    """The item-text matrices UniSRec reads for ``dataset`` (plain; word-dropped too with ``word_drop``), written
+    to the text cache."""
+    from recbole_transfer.config import Config
+    from recbole_transfer.quick_start import create_dataset
+
+    config = Config(
+        "UniSRec",
+        dataset,
+        config_dict=dict(
+            dict(show_progress=False), **overrides, train_stage="pretrain"
+        ),
+    )
+    data = create_dataset(config)
+    data.encode_item_texts()
+    if word_drop:
+        data.encode_item_texts(word_drop_ratio=config["word_drop_ratio"])
+    return {"dataset": dataset}
+
+
+def text_domains(target):
+    from recbole_transfer.config import default_source_datasets, shipped_dir
+
+    return default_source_datasets([target], "text", shipped_dir("dataset"))
+
+
+def snapshot_epochs(folder, dataset):
+    """{epoch: path} of the complete pretraining snapshots in ``folder``."""
+    pattern = re.compile(re.escape(f"UniSRec-{dataset}-pretrain-") + r"(\d+)\.pth$")
+    found = {}
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        match = pattern.match(name)
+        if match:
+            found[int(match.group(1))] = os.path.join(folder, name)
+    return dict(sorted(found.items()))
+
+
+def readable(path):
+    from recbole_transfer.utils import load_checkpoint
+
+    try:
+        load_checkpoint(path)
+        return True
+    except Exception:  # a snapshot cut short by the deadline
+        return False
+
+
+def epoch_losses(log_path):
+    """Training loss per epoch from a pretraining run's output (RecBole's 'train loss' lines)."""
+    losses = []
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            line = re.sub(
+                r"\x1b\[[0-9;]*m", "", line
+            )  # RecBole colours its console lines
+            match = re.search(
+                r"epoch (\d+) training \[time: ([\d.]+)s, train loss: ([\d.]+)\]", line
+            )
+            if match:
+                losses.append(
+                    {
+                        "epoch": int(match.group(1)) + 1,
+                        "seconds": float(match.group(2)),
+                        "loss": float(match.group(3)),
+                    }
+                )
+    return losses
+
+
+def curve_points(epochs, count):
+    """Up to ``count`` snapshot epochs spread geometrically below the last one (which is always a point)."""
+    if not epochs:
+        return []
+    last = epochs[-1]
+    picked = {last}
+    for k in range(1, count):
+        wanted = last / 2**k
+        picked.add(min(epochs, key=lambda e: abs(math.log(e / wanted))))
+    return sorted(picked)
+
+
+class Study:
+    def __init__(self, args, overrides):
+        self.args = args
+        self.overrides = overrides
+        self.work = os.path.abspath(args.work or f"{args.out}-work")
+        self.lock = threading.Lock()
+        self.jobs = queue.PriorityQueue()
+        self.order = 0
+        self.pretraining_done = threading.Event()
+        self.start = time.time()
+
+    # --- bookkeeping ------------------------------------------------------------------------------------------
+    def log(self, message):
+        print(f"[{time.time() - self.start:7.1f}s] {message}", flush=True)
+
+    def record(self, line):
+        with self.lock:
+            with open(f"{self.args.out}.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(line) + "\n")
+            summarize(self.args.out)
+
+    def push(self, priority, job):
+        with self.lock:
+            self.order += 1
+            self.jobs.put((priority, self.order, job))
+
+    # --- stages -----------------------------------------------------------------------------------------------
+    def encode(self, pretrain_sets, targets):
+        """Each domain once (a merged dataset reads its domains' matrices from the same cache)."""
+        sources = list(dict.fromkeys(d for s in pretrain_sets for d in s.split(",")))
+        for dataset in sources + [t for t in targets if t not in sources]:
+            word_drop = dataset in sources
+            self.log(
+                f"encode {dataset} ({'plain, word-dropped' if word_drop else 'plain'})"
+            )
+            in_fresh_process(encode_here, dataset, word_drop, self.overrides)
+
+    def pretrain(self, pretrain_sets):
+        """Start one pretraining process per source set; returns {dataset: (process, folder, log path)}."""
+        running = {}
+        for dataset in pretrain_sets:
+            folder = os.path.join(self.work, "pretrain", dataset)
+            os.makedirs(folder, exist_ok=True)
+            log_path = os.path.join(folder, "output.log")
+            command = [
+                sys.executable,
+                CLI,
+                "--model=UniSRec",
+                f"--dataset={dataset}",
+                "--train_stage=pretrain",
+                f"--pretrain_epochs={self.args.pretrain_epochs}",
+                f"--save_step={self.args.save_step}",
+                f"--checkpoint_dir={folder}",
+                "--show_progress=False",
+                "--log_flops=False",
+            ] + [f"--{k}={v}" for k, v in self.overrides.items()]
+            with open(log_path, "w", encoding="utf-8") as log:
+                process = subprocess.Popen(
+                    command,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            running[dataset] = (process, folder, log_path)
+            self.log(f"pretrain {dataset}: pid {process.pid}")
+        return running
+
+    def stop_pretraining(self, running):
+        deadline = self.start + 60 * self.args.pretrain_minutes
+        while time.time() < deadline and any(
+            p.poll() is None for p, _, _ in running.values()
+        ):
+            time.sleep(2)
+        for dataset, (process, _, _) in running.items():
+            if process.poll() is None:
+                self.log(f"pretrain {dataset}: budget spent, stopping it")
+                os.killpg(process.pid, signal.SIGTERM)
+        for dataset, (process, _, log_path) in running.items():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        snapshots, logs = {}, {}
+        for dataset, (process, folder, log_path) in running.items():
+            found = snapshot_epochs(folder, dataset)
+            while found and not readable(found[max(found)]):
+                found.pop(max(found))
+            snapshots[dataset] = found
+            logs[dataset] = {
+                "returncode": process.returncode,
+                "snapshots": sorted(found),
+                "epochs": epoch_losses(log_path),
+            }
+            self.log(f"pretrain {dataset}: snapshots at epochs {sorted(found)}")
+            if process.returncode not in (0, -signal.SIGTERM) and not found:
+                with open(log_path, encoding="utf-8", errors="replace") as f:
+                    self.log(f"pretrain {dataset} failed:\n{f.read()[-3000:]}")
+        with open(f"{self.args.out}-pretrain.json", "w", encoding="utf-8") as f:
+            json.dump(logs, f, indent=1)
+        return snapshots
+
+    def run_job(self, job):
+        settings = dict(self.overrides, **job["settings"], seed=job["seed"])
+        settings["checkpoint_dir"] = os.path.join(self.work, "runs", job["id"])
+        settings.setdefault("show_progress", False)
+        settings.setdefault("log_flops", False)
+        started = time.time()
+        try:
+            result = fit_and_measure(job["model"], job["target"], settings)
+        except RunFailed as err:
+            self.log(f"{job['id']} failed: {err}")
+            return
+        line = {k: v for k, v in job.items() if k != "settings"}
+        line.update(
+            minutes=(time.time() - started) / 60,
+            valid=result["best_valid"],
+            test=result["test"],
+            epochs=result["epochs"],
+            epoch_seconds=result["epoch_seconds"],
+            trainable=result["trainable"],
+            total=result["total"],
+            overrides=self.overrides,
+            machine=machine(),
+        )
+        self.record(line)
+        self.log(
+            f"{job['id']}: valid ndcg@10 {result['best_valid'].get('ndcg@10', float('nan')):.4f}, "
+            f"test ndcg@10 {result['test']['ndcg@10']:.4f} ({line['minutes']:.1f} min)"
+        )
+
+    def worker(self):
+        deadline = self.start + 60 * self.args.finetune_minutes
+        while time.time() < deadline:
+            try:
+                _, _, job = self.jobs.get(timeout=2)
+            except queue.Empty:
+                if self.pretraining_done.is_set():
+                    return
+                continue
+            if time.time() >= deadline:
+                return
+            self.run_job(job)
+
+    # --- the study --------------------------------------------------------------------------------------------
+    def job(self, target, kind, seed, model="UniSRec", **fields):
+        settings = fields.pop("settings", {})
+        epoch = fields.get("pretrain_epochs")
+        name = "-".join(
+            str(x)
+            for x in (target, kind, fields.get("mode", ""), epoch or "", seed)
+            if x != ""
+        )
+        return dict(
+            id=name,
+            target=target,
+            kind=kind,
+            seed=seed,
+            model=model,
+            settings=settings,
+            **fields,
+        )
+
+    def done(self):
+        path = f"{self.args.out}.jsonl"
+        if not os.path.isfile(path):
+            return set()
+        with open(path, encoding="utf-8") as f:
+            return {json.loads(line)["id"] for line in f if line.strip()}
+
+    def run(self):
+        args = self.args
+        targets = args.targets.split(",")
+        seeds = [int(s) for s in args.seeds.split(",")]
+        singles = [s for s in args.single_sources.split(",") if s]
+        all_sets = {t: args.all_sources or ",".join(text_domains(t)) for t in targets}
+        pretrain_sets = list(dict.fromkeys(list(all_sets.values()) + singles))
+        done = self.done()
+        self.log(f"{machine()}; targets {targets}; pretraining sets {pretrain_sets}")
+        self.encode(pretrain_sets, targets)
+        running = self.pretrain(pretrain_sets)
+
+        def push(priority, job):
+            if job["id"] not in done:
+                self.push(priority, job)
+
+        for s, seed in enumerate(seeds):
+            for t, target in enumerate(targets):
+                push(
+                    (10, s, t),
+                    self.job(
+                        target,
+                        "scratch",
+                        seed,
+                        mode="transductive",
+                        settings=dict(
+                            train_stage="transductive_ft", pretrained_path=None
+                        ),
+                    ),
+                )
+                push((50, s, t), self.job(target, "SASRec", seed, model="SASRec"))
+        workers = [threading.Thread(target=self.worker) for _ in range(args.jobs)]
+        for w in workers:
+            w.start()
+        snapshots = self.stop_pretraining(running)
+        for t, target in enumerate(targets):
+            found = snapshots.get(all_sets[target], {})
+            if not found:
+                continue
+            last = max(found)
+            from recbole_transfer.pretrained import export
+
+            export(found[last], f"{args.out}-{target}.pth")
+            epochs = [last] + (
+                [e for e in curve_points(sorted(found), args.curve_points) if e != last]
+                if t == 0
+                else []
+            )
+            for s, seed in enumerate(seeds):
+                for e in epochs:
+                    for mode, rank in (("transductive", 1), ("inductive", 2)):
+                        if mode == "inductive" and e != last:
+                            continue
+                        push(
+                            (rank if e == last else 20, s, t, -e),
+                            self.job(
+                                target,
+                                "all",
+                                seed,
+                                mode=mode,
+                                pretrain_epochs=e,
+                                sources=all_sets[target],
+                                settings=dict(
+                                    train_stage=f"{mode}_ft", pretrained_path=found[e]
+                                ),
+                            ),
+                        )
+        first = targets[0]
+        for source in singles:
+            found = snapshots.get(source, {})
+            if found:
+                last = max(found)
+                for s, seed in enumerate(seeds):
+                    push(
+                        (30, s, source),
+                        self.job(
+                            first,
+                            f"single:{source}",
+                            seed,
+                            mode="transductive",
+                            pretrain_epochs=last,
+                            sources=source,
+                            settings=dict(
+                                train_stage="transductive_ft",
+                                pretrained_path=found[last],
+                            ),
+                        ),
+                    )
+        self.pretraining_done.set()
+        for w in workers:
+            w.join()
+        left = self.jobs.qsize()
+        self.log(f"finished; {left} queued runs not started (budget spent)")
+
+
+# --- summary ----------------------------------------------------------------------------------------------------
+def mean_se(values):
+    if not values:
+        return float("nan"), float("nan")
+    if len(values) == 1:
+        return values[0], float("nan")
+    return statistics.mean(values), statistics.stdev(values) / math.sqrt(len(values))
+
+
+def groups(lines):
+    grouped = {}
+    for line in lines:
+        key = (
+            line["target"],
+            line["kind"],
+            line.get("mode", ""),
+            line.get("pretrain_epochs") or 0,
+        )
+        grouped.setdefault(key, []).append(line)
+    return grouped
+
+
+def summarize(out):
+    path = f"{out}.jsonl"
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    rows = [
+        f"<!-- rebuilt from {os.path.basename(path)}: {len(lines)} runs; mean ± one standard error over seeds -->",
+        "| target | run | sources | mode | pretrain epochs | seeds | valid N@10 | test N@10 | test R@10 | "
+        "test N@50 | test R@50 | epochs run | trainable / total |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (target, kind, mode, epoch), runs in sorted(groups(lines).items()):
+
+        def cell(values):
+            m, se = mean_se(values)
+            return f"{m:.4f} ± {se:.4f}" if not math.isnan(se) else f"{m:.4f}"
+
+        rows.append(
+            f"| {target} | {kind} | {runs[0].get('sources', '')} | {mode} | {epoch or ''} | {len(runs)} | "
+            + cell([r["valid"].get("ndcg@10", float("nan")) for r in runs])
+            + " | "
+            + " | ".join(cell([r["test"][k] for r in runs]) for k in SHOWN)
+            + f" | {statistics.mean(r['epochs'] for r in runs):.0f} | "
+            f"{runs[0]['trainable']:,} / {runs[0]['total']:,} |"
+        )
+    with open(f"{out}.md", "w", encoding="utf-8") as f:
+        f.write("\n".join(rows) + "\n")
+
+
+def plot(out):
+    """Figure: the first target's valid and test NDCG@10 against pretraining epochs (0 = from scratch), mean ± SE;
+    single-source runs as separate markers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(f"{out}.jsonl", encoding="utf-8") as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    grouped = groups(lines)
+    targets = list(dict.fromkeys(line["target"] for line in lines))
+    figure, axes = plt.subplots(
+        1, len(targets), figsize=(5 * len(targets), 4), squeeze=False
+    )
+    for ax, target in zip(axes[0], targets):
+        for split, style in (("valid", "o-"), ("test", "s--")):
+            xs, ys, es = [], [], []
+            for (t, kind, mode, epoch), runs in sorted(
+                grouped.items(), key=lambda kv: kv[0][3]
+            ):
+                if (
+                    t == target
+                    and mode == "transductive"
+                    and kind in ("scratch", "all")
+                ):
+                    m, se = mean_se([r[split]["ndcg@10"] for r in runs])
+                    xs.append(epoch)
+                    ys.append(m)
+                    es.append(0 if math.isnan(se) else se)
+            if xs:
+                ax.errorbar(
+                    xs,
+                    ys,
+                    yerr=es,
+                    fmt=style,
+                    capsize=3,
+                    label=f"{split}: 0 = scratch, >0 = all sources",
+                )
+            for (t, kind, mode, epoch), runs in grouped.items():
+                if t == target and kind.startswith("single:"):
+                    m, se = mean_se([r[split]["ndcg@10"] for r in runs])
+                    ax.errorbar(
+                        [epoch],
+                        [m],
+                        yerr=[0 if math.isnan(se) else se],
+                        fmt="^",
+                        capsize=3,
+                        label=f"{split}: {kind}",
+                    )
+            for (t, kind, mode, epoch), runs in grouped.items():
+                if t == target and kind == "SASRec":
+                    m, _ = mean_se([r[split]["ndcg@10"] for r in runs])
+                    ax.axhline(
+                        m,
+                        linestyle=":",
+                        linewidth=1,
+                        color="grey" if split == "test" else "black",
+                    )
+        ax.set_title(f"UniSRec on {target} (transductive FT)")
+        ax.set_xlabel("pretraining epochs")
+        ax.set_ylabel("NDCG@10")
+        ax.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(f"{out}.png", dpi=110)
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--targets", default="Scientific,Tools,Toys")
+    parser.add_argument(
+        "--all_sources",
+        default="",
+        help="the 'all' source set (default: every shipped dataset with item text except the target)",
+    )
+    parser.add_argument("--single_sources", default="Tools,Electronics")
+    parser.add_argument("--seeds", default="2020,2021,2022")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--pretrain_epochs", type=int, default=300)
+    parser.add_argument("--save_step", type=int, default=5)
+    parser.add_argument("--pretrain_minutes", type=float, default=60)
+    parser.add_argument("--finetune_minutes", type=float, default=240)
+    parser.add_argument("--curve_points", type=int, default=4)
+    parser.add_argument(
+        "--work", default=None, help="checkpoints and logs (default <out>-work)"
+    )
+    parser.add_argument("--out", default="results/unisrec_transfer")
+    parser.add_argument(
+        "--summarize", action="store_true", help="only rebuild <out>.md and <out>.png"
+    )
+    args, rest = parser.parse_known_args()
+    sys.path.insert(0, REPO)
+    from recbole_transfer.config import parse_cli_overrides
+
+    overrides = parse_cli_overrides(rest)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    if not args.summarize:
+        Study(args, overrides).run()
+    summarize(args.out)
+    if os.path.isfile(f"{args.out}.jsonl"):
+        plot(args.out)
+
+
+if __name__ == "__main__":
+    main()
