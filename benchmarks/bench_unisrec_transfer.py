@@ -5,6 +5,8 @@ over several seeds, inside wall-clock budgets so the whole study fits one machin
     python benchmarks/bench_unisrec_transfer.py --targets=Scientific,Tools,Toys --single_sources=Tools,Electronics \
         --seeds=2020,2021,2022 --jobs=12 --pretrain_minutes=4 --finetune_minutes=8 \
         --out=results/unisrec_transfer [--key=value ...]
+    python benchmarks/bench_unisrec_transfer.py --targets=Scientific --checkpoints="shipped=pretrained/X.pth;..." \
+        [--modes=transductive,inductive] [--no-sasrec] --out=results/unisrec_given
     python benchmarks/bench_unisrec_transfer.py --summarize --out=results/unisrec_transfer
 
 1. Item text: the matrices of every domain below (plain, and word-dropped for the pretraining sources) are
@@ -13,10 +15,14 @@ over several seeds, inside wall-clock budgets so the whole study fits one machin
    every shipped dataset with item text except the target ("all"); for the first target also on each of
    ``--single_sources``. A snapshot every ``--save_step`` epochs; a run ends after ``--pretrain_epochs`` or
    ``--pretrain_minutes`` from the start, whichever comes first (then the snapshots written by then are its points).
-3. Fine-tuning (``--jobs`` fresh processes at a time, from the start of 2, in priority order; none starts after
-   ``--finetune_minutes`` from the start): SASRec and UniSRec from scratch while pretraining runs; then per target its last "all"
-   snapshot (transductive, then inductive), the first target's earlier snapshots (the curve, transductive) and its
-   single-source snapshots. Every run takes the ``--key=value`` pairs; one run per seed in ``--seeds``.
+3. Fine-tuning (``--jobs`` fresh processes at a time, in priority order; none starts after ``--finetune_minutes``
+   from the start): SASRec and UniSRec from scratch, while pretraining runs unless ``--no-overlap``; then per target
+   its last "all" snapshot (transductive, then inductive), the first target's earlier snapshots (the curve,
+   transductive) and its single-source snapshots. Every run takes the ``--key=value`` pairs; one run per seed in
+   ``--seeds``. Overlap keeps the accelerator busy but takes CPU cores from the pretraining processes' data loading.
+
+With ``--checkpoints`` nothing is pretrained: every target is fine-tuned from each given checkpoint (and from
+scratch), e.g. to compare shipped checkpoints on the same seeds and machine.
 
 Every finished run is one JSON line in ``<out>.jsonl`` (its settings, best validation and test metrics, epochs,
 costs); ``<out>.md`` (mean ± one standard error over seeds) and ``<out>.png`` are rebuilt from it after every run
@@ -305,13 +311,17 @@ class Study:
         all_sets = {t: args.all_sources or ",".join(text_domains(t)) for t in targets}
         pretrain_sets = list(dict.fromkeys(list(all_sets.values()) + singles))
         done = self.done()
+        given = [pair.split("=", 1) for pair in args.checkpoints.split(";") if pair]
+        if given:  # fine-tune from these checkpoints; nothing is pretrained
+            pretrain_sets = []
         self.log(f"{machine()}; targets {targets}; pretraining sets {pretrain_sets}")
         self.encode(pretrain_sets, targets)
         running = self.pretrain(pretrain_sets)
 
         def push(priority, job):
-            if job["id"] not in done:
-                self.push(priority, job)
+            if job["id"] in done or (job["kind"] == "scratch" and not args.scratch):
+                return
+            self.push(priority, job)
 
         for s, seed in enumerate(seeds):
             for t, target in enumerate(targets):
@@ -327,11 +337,31 @@ class Study:
                         ),
                     ),
                 )
-                push((50, s, t), self.job(target, "SASRec", seed, model="SASRec"))
+                if args.sasrec:
+                    push((50, s, t), self.job(target, "SASRec", seed, model="SASRec"))
+                for label, path in given:
+                    for mode in args.modes.split(","):
+                        push(
+                            (5, s, t),
+                            self.job(
+                                target,
+                                label,
+                                seed,
+                                mode=mode,
+                                sources=path,
+                                settings=dict(
+                                    train_stage=f"{mode}_ft", pretrained_path=path
+                                ),
+                            ),
+                        )
         workers = [threading.Thread(target=self.worker) for _ in range(args.jobs)]
-        for w in workers:
-            w.start()
+        if args.overlap:
+            for w in workers:
+                w.start()
         snapshots = self.stop_pretraining(running)
+        if not args.overlap:
+            for w in workers:
+                w.start()
         for t, target in enumerate(targets):
             found = snapshots.get(all_sets[target], {})
             if not found:
@@ -445,8 +475,9 @@ def summarize(out):
 
 
 def plot(out):
-    """Figure: the first target's valid and test NDCG@10 against pretraining epochs (0 = from scratch), mean ± SE;
-    single-source runs as separate markers."""
+    """Figure, one panel per target: valid (blue) and test (orange) NDCG@10 of transductive fine-tuning against
+    pretraining epochs (0 = from scratch), mean ± SE; single-source runs as triangles, stock SASRec dotted.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -460,7 +491,7 @@ def plot(out):
         1, len(targets), figsize=(5 * len(targets), 4), squeeze=False
     )
     for ax, target in zip(axes[0], targets):
-        for split, style in (("valid", "o-"), ("test", "s--")):
+        for split, style, color in (("valid", "o-", "C0"), ("test", "s--", "C1")):
             xs, ys, es = [], [], []
             for (t, kind, mode, epoch), runs in sorted(
                 grouped.items(), key=lambda kv: kv[0][3]
@@ -480,6 +511,7 @@ def plot(out):
                     ys,
                     yerr=es,
                     fmt=style,
+                    color=color,
                     capsize=3,
                     label=f"{split}: 0 = scratch, >0 = all sources",
                 )
@@ -491,6 +523,7 @@ def plot(out):
                         [m],
                         yerr=[0 if math.isnan(se) else se],
                         fmt="^",
+                        color=color,
                         capsize=3,
                         label=f"{split}: {kind}",
                     )
@@ -501,7 +534,8 @@ def plot(out):
                         m,
                         linestyle=":",
                         linewidth=1,
-                        color="grey" if split == "test" else "black",
+                        color=color,
+                        label=f"{split}: stock SASRec",
                     )
         ax.set_title(f"UniSRec on {target} (transductive FT)")
         ax.set_xlabel("pretraining epochs")
@@ -529,6 +563,30 @@ def main():
     parser.add_argument("--pretrain_minutes", type=float, default=60)
     parser.add_argument("--finetune_minutes", type=float, default=240)
     parser.add_argument("--curve_points", type=int, default=4)
+    parser.add_argument(
+        "--checkpoints",
+        default="",
+        help="label=path;...: fine-tune from these checkpoints (modes in --modes), no pretraining",
+    )
+    parser.add_argument("--modes", default="transductive")
+    parser.add_argument(
+        "--sasrec",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="stock SASRec rows",
+    )
+    parser.add_argument(
+        "--overlap",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start fine-tuning while pretraining runs",
+    )
+    parser.add_argument(
+        "--scratch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="UniSRec-from-scratch rows",
+    )
     parser.add_argument(
         "--work", default=None, help="checkpoints and logs (default <out>-work)"
     )
