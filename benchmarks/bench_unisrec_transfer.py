@@ -1,4 +1,4 @@
-"""Does UniSRec's pretraining transfer? Pretrained vs from-scratch vs stock SASRec on several targets, the target
+r"""Does UniSRec's pretraining transfer? Pretrained vs from-scratch vs stock SASRec on several targets, the target
 gain against pretraining epochs (a curve) and against the source domains (one vs all: the paper's Figure 2), each
 over several seeds, inside wall-clock budgets so the whole study fits one machine lease.
 
@@ -569,24 +569,17 @@ def main():
         help="label=path;...: fine-tune from these checkpoints (modes in --modes), no pretraining",
     )
     parser.add_argument("--modes", default="transductive")
-    parser.add_argument(
-        "--sasrec",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="stock SASRec rows",
-    )
-    parser.add_argument(
-        "--overlap",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="start fine-tuning while pretraining runs",
-    )
-    parser.add_argument(
-        "--scratch",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="UniSRec-from-scratch rows",
-    )
+    for flag, meaning in (
+        ("sasrec", "stock SASRec rows"),
+        ("scratch", "UniSRec-from-scratch rows"),
+        ("overlap", "start fine-tuning while pretraining runs"),
+    ):  # each on by default; --no-<flag> turns it off
+        parser.add_argument(
+            f"--{flag}",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help=meaning,
+        )
     parser.add_argument(
         "--work", default=None, help="checkpoints and logs (default <out>-work)"
     )
