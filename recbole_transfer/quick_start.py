@@ -18,13 +18,18 @@ from recbole.utils import get_environment, get_flops, init_logger, init_seed, se
 
 from recbole_transfer import compat, registry
 from recbole_transfer.config import Config
+from recbole_transfer.data.positions import all_positions_dataset, train_positions
 from recbole_transfer.errors import UserInputError
 from recbole_transfer.utils import load_checkpoint
 
 
 def create_dataset(config):
-    """The model's plugin dataset class if it has one, else RecBole's choice for the model type."""
+    """The model's plugin dataset class if it has one, else RecBole's choice for the model type; with
+    ``train_positions: all`` that class (or RecBole's SequentialDataset) building all-positions training rows.
+    """
     dataset_class = registry.get_dataset_class(config["model"], config["train_stage"])
+    if train_positions(config) == "all":
+        return all_positions_dataset(dataset_class)(config)
     if dataset_class is None:
         return recbole_create_dataset(config)
     return dataset_class(config)
@@ -75,6 +80,8 @@ def _build(config):
     logger = getLogger()
     logger.info(sys.argv)
     logger.info(config)
+    # before the data is read: a model that cannot train this way fails at once
+    model_class = registry.get_model_class(config["model"], train_positions(config))
 
     data = create_dataset(config)
     logger.info(data)
@@ -82,7 +89,7 @@ def _build(config):
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     with compat.building_stock_model():
-        model = registry.get_model_class(config["model"])(config, train_data._dataset)
+        model = model_class(config, train_data._dataset)
     model = model.to(config["device"])
     logger.info(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -238,7 +245,7 @@ def load_data_and_model(model_file, dataset=None, config_dict=None):
     """
     checkpoint = load_checkpoint(model_file, what="checkpoint")
     saved = checkpoint["config"]
-    model_class = registry.get_model_class(saved["model"])
+    model_class = registry.get_model_class(saved["model"], train_positions(saved))
     other_domain = dataset is not None and dataset != saved["dataset"]
     if other_domain and not hasattr(model_class, "TRANSFERABLE"):
         raise UserInputError(

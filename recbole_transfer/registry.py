@@ -115,13 +115,29 @@ def is_plugin_model(name):
     return name in _PLUGIN_MODELS
 
 
-def get_model_class(name):
-    name = resolve_model_name(name)
-    if name in _PLUGIN_MODELS:
-        return _load(_PLUGIN_MODELS[name][0])
-    from recbole.utils import get_model
+# stock RecBole models that train on all positions (``train_positions: all``) through a plugin subclass
+_ALL_POSITIONS_STOCK = {"SASRec": "recbole_transfer.model.positions:AllPositionsSASRec"}
 
-    return get_model(name)
+
+def get_model_class(name, train_positions="last"):
+    """The model class of ``name``; with ``train_positions`` ``all`` the class that trains on all positions of a
+    history (a stock model's plugin subclass), or an error naming the model when it has none yet.
+    """
+    name = resolve_model_name(name)
+    if train_positions == "all" and name in _ALL_POSITIONS_STOCK:
+        return _load(_ALL_POSITIONS_STOCK[name])
+    if name in _PLUGIN_MODELS:
+        model_class = _load(_PLUGIN_MODELS[name][0])
+    else:
+        from recbole.utils import get_model
+
+        model_class = get_model(name)
+    if train_positions == "all":
+        from recbole_transfer.model.positions import supports_all_positions
+
+        if not supports_all_positions(model_class):
+            raise UserInputError(f"train_positions=all is not supported by {name} yet")
+    return model_class
 
 
 def get_dataset_class(name, train_stage=None):

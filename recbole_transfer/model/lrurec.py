@@ -7,7 +7,8 @@ Reference:
 Item embedding -> dropout -> LayerNorm -> ``n_layers`` blocks of [LRU layer (``layers.LRULayer``, parallel scan of
 depth log2 L) -> dropout -> residual -> LayerNorm -> FFN d -> 4d -> d (GELU) -> dropout -> residual -> LayerNorm].
 The hidden state at the newest item scores every item through the tied item table (+ a per-item bias).
-The recurrence is causal, so RecBole's right-padded histories need no mask: padding comes after the newest item.
+The recurrence is causal, so RecBole's right-padded histories need no mask: padding comes after the newest item;
+for the same reason ``train_positions: all`` trains on every position of a history in one pass (``model.positions``).
 
 As the official code (model/lru.py of the LRURec repository): the LRU state has ``lru_state_multiplier`` x d = 2d
 complex dimensions (B: d -> 2d complex, C: 2d complex -> d), and dropout comes before the embedding LayerNorm.
@@ -19,7 +20,9 @@ import torch
 import torch.nn as nn
 from recbole.model.abstract_recommender import SequentialRecommender
 
+from recbole_transfer.data.positions import target_list_field
 from recbole_transfer.model.layers import LRULayer
+from recbole_transfer.model.positions import all_positions_cross_entropy
 
 
 def lru_layer(hidden_size, state_size, r_min, r_max, max_phase):
@@ -54,6 +57,10 @@ class LRUBlock(nn.Module):
 
 
 class LRURec(SequentialRecommender):
+    all_positions = (
+        True  # causal: trains on all positions of a history with train_positions=all
+    )
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
 
@@ -97,6 +104,7 @@ class LRURec(SequentialRecommender):
             for _ in range(self.n_layers)
         )
         self.loss_fct = nn.CrossEntropyLoss()
+        self.TARGET_ITEM_SEQ = target_list_field(config)
 
         # parameters initialization (the LRU eigenvalues keep their ring initialisation)
         self.apply(self._init_weights)
@@ -123,12 +131,16 @@ class LRURec(SequentialRecommender):
             return self.embedding_norm(self.embedding_dropout(item_emb))
         return self.embedding_dropout(self.embedding_norm(item_emb))
 
-    def encode(self, item_emb, item_seq_len):
-        """Sequence vectors [B, d] from item vectors [B, L, d]: the hidden state at each newest item."""
+    def hidden_states(self, item_emb):
+        """[B, L, d] from item vectors [B, L, d]: the sequence vector of every prefix (the recurrence is causal)."""
         x = self.embed(item_emb)
         for block in self.blocks:
             x = block(x)
-        return self.gather_indexes(x, item_seq_len - 1)
+        return x
+
+    def encode(self, item_emb, item_seq_len):
+        """Sequence vectors [B, d] from item vectors [B, L, d]: the hidden state at each newest item."""
+        return self.gather_indexes(self.hidden_states(item_emb), item_seq_len - 1)
 
     def forward(self, item_seq, item_seq_len):
         return self.encode(self.item_embedding(item_seq), item_seq_len)
@@ -137,6 +149,15 @@ class LRURec(SequentialRecommender):
         return seq_output @ table.t() + bias
 
     def calculate_loss(self, interaction):
+        if (
+            self.TARGET_ITEM_SEQ in interaction
+        ):  # train_positions=all: every position of each row
+            hidden = self.hidden_states(self.item_embedding(interaction[self.ITEM_SEQ]))
+            return all_positions_cross_entropy(
+                hidden,
+                interaction[self.TARGET_ITEM_SEQ],
+                lambda h: self.scores(h, self.item_embedding.weight, self.output_bias),
+            )
         seq_output = self.forward(
             interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
         )

@@ -1,0 +1,270 @@
+"""train_positions=all: one training row per user history, the loss at every real position.
+
+On the first 200 users of Scientific: the loss equals the mean of RecBole's per-prefix losses with dropout off, the
+training rows hold the training items only (never a validation or test interaction), long histories are cut into
+windows that predict every training target once, evaluation rows are RecBole's own, and unsupported models or
+settings fail with one line.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FAST
+
+from recbole_transfer.errors import UserInputError
+
+TARGETS = "item_id_target_list"
+NO_DROPOUT = {
+    "SASRec": {"hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0},
+    "LRURec": {"dropout_prob": 0.0},
+}
+
+
+def _build(model, tiny_root, tmp_path, **extra):
+    from recbole_transfer.quick_start import build
+
+    return build(
+        model,
+        "Scientific",
+        config_dict=dict(
+            FAST,
+            data_path=str(tiny_root),
+            checkpoint_dir=str(tmp_path / "saved"),
+            **extra,
+        ),
+    )
+
+
+def _rows_by_user(inter):
+    """{user: [row indices in order]}."""
+    users = {}
+    for i, u in enumerate(inter["user_id"].tolist()):
+        users.setdefault(u, []).append(i)
+    return users
+
+
+def _real(row, length):
+    return row[: int(length)].tolist()
+
+
+def _training_targets(prefix_train):
+    """{user: the user's training targets in time order} from RecBole's per-prefix training split."""
+    order = np.lexsort(
+        (prefix_train["timestamp"].numpy(), prefix_train["user_id"].numpy())
+    )
+    targets = {}
+    for i in order:
+        targets.setdefault(int(prefix_train["user_id"][i]), []).append(
+            int(prefix_train["item_id"][i])
+        )
+    return targets
+
+
+def _splits(tiny_root, tmp_path, model="SASRec", **extra):
+    """The (train, valid, test) rows of the tiny Scientific in the prefix form and the all-positions form."""
+    from recbole_transfer.config import Config
+    from recbole_transfer.quick_start import create_dataset
+
+    splits = {}
+    for mode in ("last", "all"):
+        config = Config(
+            model,
+            "Scientific",
+            config_dict=dict(
+                FAST,
+                data_path=str(tiny_root),
+                checkpoint_dir=str(tmp_path / "saved"),
+                train_positions=mode,
+                **extra,
+            ),
+        )
+        splits[mode] = [part.inter_feat for part in create_dataset(config).build()]
+    return splits["last"], splits["all"]
+
+
+@pytest.mark.parametrize("model_name", ["SASRec", "LRURec"])
+def test_all_positions_loss_is_the_mean_of_the_prefix_losses(
+    tiny_root, tmp_path, model_name
+):
+    _, model_all, _, (train_all, _, _) = _build(
+        model_name,
+        tiny_root,
+        tmp_path,
+        train_positions="all",
+        **NO_DROPOUT[model_name],
+    )
+    _, model_last, _, (train_last, _, _) = _build(
+        model_name, tiny_root, tmp_path, **NO_DROPOUT[model_name]
+    )
+    model_last.load_state_dict(model_all.state_dict())
+    model_all.eval(), model_last.eval()
+    rows, prefixes = train_all._dataset.inter_feat, train_last._dataset.inter_feat
+    max_length = rows["item_id_list"].shape[1]
+    # users whose whole training history fits in one row (shorter than the max length)
+    short = [
+        u
+        for u, index in _rows_by_user(rows).items()
+        if len(index) == 1 and int(rows["item_length"][index[0]]) < max_length
+    ]
+    assert len(short) > 100
+    short = torch.tensor(short)
+    rows = rows[torch.isin(rows["user_id"], short)]
+    prefixes = prefixes[torch.isin(prefixes["user_id"], short)]
+    # the same predictions are asked for: one per prefix
+    assert int((rows[TARGETS] > 0).sum()) == len(prefixes)
+    with torch.no_grad():
+        loss_all = model_all.calculate_loss(rows)
+        loss_last = model_last.calculate_loss(prefixes)
+        # and the loss is a mean over positions, not over rows: one user's loss, position by position
+        first = rows[torch.tensor([0])]
+        per_prefix = model_last.calculate_loss(
+            prefixes[prefixes["user_id"] == int(first["user_id"])]
+        )
+        one_row = model_all.calculate_loss(first)
+    torch.testing.assert_close(loss_all, loss_last, rtol=0, atol=1e-5)
+    torch.testing.assert_close(one_row, per_prefix, rtol=0, atol=1e-5)
+
+
+def test_training_rows_hold_training_items_only_and_evaluation_is_unchanged(
+    tiny_root, tmp_path
+):
+    (train_last, valid_last, test_last), (train_all, valid_all, test_all) = _splits(
+        tiny_root, tmp_path
+    )
+    # validation and test rows are RecBole's own prefix rows, field by field and in order
+    for ours, theirs in ((valid_all, valid_last), (test_all, test_last)):
+        assert set(ours.interaction) == set(theirs.interaction)
+        for field in theirs.interaction:
+            assert torch.equal(ours[field], theirs[field]), field
+    expected = _training_targets(train_last)
+    max_length = train_all["item_id_list"].shape[1]
+    valid_row = {u: i for i, u in enumerate(valid_last["user_id"].tolist())}
+    test_row = {u: i for i, u in enumerate(test_last["user_id"].tolist())}
+    held_out_checked = 0
+    for user, index in _rows_by_user(train_all).items():
+        assert len(index) == 1  # histories of the tiny cut fit in one row of 50
+        i = index[0]
+        length = int(train_all["item_length"][i])
+        inputs = _real(train_all["item_id_list"][i], length)
+        targets = _real(train_all[TARGETS][i], length)
+        assert bool((train_all["item_id_list"][i][length:] == 0).all())
+        assert bool((train_all[TARGETS][i][length:] == 0).all())
+        assert inputs[1:] == targets[:-1]  # targets = inputs shifted by one
+        assert targets == expected[user]  # every training target, nothing else
+        history = inputs + targets[-1:]
+        if user not in test_row:
+            continue
+        # RecBole's test row reads everything before the test item: ... training items, validation item
+        t = test_row[user]
+        before_test = _real(test_last["item_id_list"][t], test_last["item_length"][t])
+        if len(before_test) == max_length:
+            continue  # cut at the max length: not the whole history
+        held_out = [(int(test_last["item_id"][t]), before_test)]
+        if user in valid_row:
+            valid_item = int(valid_last["item_id"][valid_row[user]])
+            assert before_test[-1] == valid_item
+            assert history == before_test[:-1]  # the history stops before validation
+            held_out.append((valid_item, before_test[:-1]))
+        else:
+            assert history == before_test
+        for item, earlier in held_out:
+            if item not in earlier:  # not a repeat of an earlier training interaction
+                assert item not in inputs and item not in targets
+                held_out_checked += 1
+    assert held_out_checked > 100
+    # every user with a training target has a row, no other user
+    assert set(_rows_by_user(train_all)) == set(expected)
+
+
+def test_long_histories_are_cut_into_windows_that_predict_each_target_once(
+    tiny_root, tmp_path
+):
+    window = 3
+    (train_last, _, _), (rows, _, _) = _splits(
+        tiny_root, tmp_path, "LRURec", MAX_ITEM_LIST_LENGTH=window
+    )
+    expected = _training_targets(train_last)
+    assert rows["item_id_list"].shape[1] == window
+    windows_seen = 0
+    for user, index in _rows_by_user(rows).items():
+        targets, previous = [], None
+        for k, i in enumerate(index):
+            length = int(rows["item_length"][i])
+            inputs = _real(rows["item_id_list"][i], length)
+            row_targets = _real(rows[TARGETS][i], length)
+            assert 1 <= length <= window
+            assert k == 0 or length == window  # only the first window is partial
+            assert inputs[1:] == row_targets[:-1]
+            if previous is not None:  # inputs start right after the previous window
+                assert inputs[0] == previous[-1]
+            assert int(rows["item_id"][i]) == row_targets[-1]
+            targets += row_targets
+            previous = row_targets
+        windows_seen += len(index) > 1
+        assert targets == expected[user]  # each training target exactly once, in order
+    assert windows_seen > 50
+    assert int((rows[TARGETS] > 0).sum()) == len(train_last)
+
+
+def test_same_seed_gives_the_same_training_loss_and_metrics(tiny_root, tmp_path):
+    from recbole_transfer.quick_start import run_recbole_transfer
+
+    losses = []
+    for _ in range(2):
+        _, _, trainer, (train, _, _) = _build(
+            "SASRec", tiny_root, tmp_path, train_positions="all"
+        )
+        losses.append(trainer._train_epoch(train, 0, show_progress=False))
+    assert losses[0] == losses[1]
+    config = dict(
+        FAST,
+        data_path=str(tiny_root),
+        checkpoint_dir=str(tmp_path / "saved"),
+        train_positions="all",
+        epochs=1,
+    )
+    first = run_recbole_transfer("LRURec", "Scientific", config_dict=config)
+    second = run_recbole_transfer("LRURec", "Scientific", config_dict=config)
+    assert set(first["test_result"]) == {"recall@10", "recall@50", "ndcg@10", "ndcg@50"}
+    assert first["test_result"] == second["test_result"]
+
+
+@pytest.mark.parametrize(
+    "model, extra, message",
+    [
+        (
+            "SASRec",
+            {"train_positions": "every"},
+            "train_positions must be one of last, all; got 'every'",
+        ),
+        ("GRU4Rec", {}, "train_positions=all is not supported by GRU4Rec yet"),
+        ("NextItNet", {}, "train_positions=all is not supported by NextItNet yet"),
+        ("UniSRec", {}, "train_positions=all is not supported by UniSRec yet"),
+        (
+            "PLMInitSASRec",
+            {},
+            "train_positions=all is not supported by PLMInitSASRec yet",
+        ),
+        ("MetaRec", {}, "train_positions=all is not supported by MetaRec yet"),
+        ("PeterRec", {}, "train_positions=all is not supported by PeterRec yet"),
+        (
+            "SASRec",
+            {"loss_type": "BPR", "train_neg_sample_args": {"distribution": "uniform"}},
+            "train_positions=all trains with cross-entropy over all items",
+        ),
+        (
+            "SASRec",
+            {"eval_args": {"split": {"RS": [0.8, 0.1, 0.1]}, "order": "TO"}},
+            "train_positions=all needs the leave-one-out split",
+        ),
+    ],
+)
+def test_unsupported_models_and_settings_fail_with_one_line(
+    tiny_root, tmp_path, model, extra, message
+):
+    extra = {"train_positions": "all", **extra}
+    with pytest.raises(UserInputError) as err:
+        _build(model, tiny_root, tmp_path, **extra)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
