@@ -258,6 +258,11 @@ def test_same_seed_gives_the_same_training_loss_and_metrics(tiny_root, tmp_path)
             {"eval_args": {"split": {"RS": [0.8, 0.1, 0.1]}, "order": "TO"}},
             "train_positions=all needs the leave-one-out split",
         ),
+        (
+            "SASRec",
+            {"benchmark_filename": ["train", "valid", "test"]},
+            "train_positions=all builds its training rows from whole histories",
+        ),
     ],
 )
 def test_unsupported_models_and_settings_fail_with_one_line(

@@ -55,6 +55,10 @@ def _distribution(args):
 
 def check_all_positions_data(config):
     """What all-positions rows need from the data settings; one-line errors otherwise."""
+    if config["benchmark_filename"] is not None:
+        raise UserInputError(
+            "train_positions=all builds its training rows from whole histories: unset benchmark_filename"
+        )
     split = config["eval_args"]["split"]
     mode = split.get("LS") if isinstance(split, dict) else None
     if mode not in _HELD_OUT_PARTS:
