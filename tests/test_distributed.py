@@ -45,6 +45,14 @@ def test_two_processes_match_one_process_on_the_same_global_batches(
     assert one["best_valid_result"]["recall@50"] > 0
 
 
+def test_all_positions_rows_train_under_ddp(tiny_root, tmp_path):
+    # train_positions=all rows are an ordinary Interaction: RecBole's distributed sampler shards them like any rows
+    settings = _tiny(tiny_root, tmp_path, epochs=1, train_positions="all")
+    two = run("LRURec", "Scientific", config_dict=settings, nproc=2, port="29548")
+    assert set(two["test_result"]) == METRICS
+    assert two["test_result"]["recall@50"] > 0
+
+
 def _fit_rank(rank, model, dataset, config_dict, out_dir):
     """One rank: build, fit, save its parameters and validation result for the parent to compare."""
     from recbole_transfer.quick_start import build
