@@ -48,6 +48,16 @@ PETERREC = dict(
 )
 
 
+def free_port():
+    """A TCP port nothing listens on now, for a test's torch.distributed rendezvous: fixed ports collide when two
+    test runs share a machine."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return str(probe.getsockname()[1])
+
+
 def cut_users(name, n_users, out_root):
     """Copy the first ``n_users`` users of dataset/<name> (with item text, if any) into out_root/<name>."""
     src = DATASET_DIR / name

@@ -11,7 +11,7 @@ from recbole_transfer.errors import UserInputError
 from recbole_transfer.config import Config
 from recbole_transfer.quick_start import build, run, run_recbole_transfer
 
-from conftest import FAST
+from conftest import FAST, free_port
 
 
 def _tiny(tiny_root, tmp_path, **extra):
@@ -118,7 +118,7 @@ def test_two_process_gloo_ddp_runs_on_cpu(tiny_root, tmp_path):
         "Scientific",
         config_dict=_tiny(tiny_root, tmp_path, epochs=1),
         nproc=2,
-        port="29531",
+        port=free_port(),
     )
     assert result is not None
     assert set(result["test_result"]) == {

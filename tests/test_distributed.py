@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from conftest import FAST, METAREC_SOURCES, REPO, cut_users
+from conftest import FAST, METAREC_SOURCES, REPO, cut_users, free_port
 
 from recbole_transfer.quick_start import run
 
@@ -36,7 +36,7 @@ def test_two_processes_match_one_process_on_the_same_global_batches(
         train_batch_size=128,
     )
     one = run("SASRec", "Scientific", config_dict=settings)
-    two = run("SASRec", "Scientific", config_dict=settings, nproc=2, port="29541")
+    two = run("SASRec", "Scientific", config_dict=settings, nproc=2, port=free_port())
     assert set(two["best_valid_result"]) == METRICS
     for metric, value in one["best_valid_result"].items():
         assert two["best_valid_result"][metric] == pytest.approx(
@@ -48,7 +48,7 @@ def test_two_processes_match_one_process_on_the_same_global_batches(
 def test_all_positions_rows_train_under_ddp(tiny_root, tmp_path):
     # train_positions=all rows are an ordinary Interaction: RecBole's distributed sampler shards them like any rows
     settings = _tiny(tiny_root, tmp_path, epochs=1, train_positions="all")
-    two = run("LRURec", "Scientific", config_dict=settings, nproc=2, port="29548")
+    two = run("LRURec", "Scientific", config_dict=settings, nproc=2, port=free_port())
     assert set(two["test_result"]) == METRICS
     assert two["test_result"]["recall@50"] > 0
 
@@ -111,7 +111,7 @@ def test_metarec_ranks_average_their_gradients_and_stay_identical(
         "Scientific",
         settings,
         tmp_path,
-        port="29543" if transfer == "meta" else "29544",
+        port=free_port(),
     )
     # each rank drew its own sources and source rows, yet both apply the same averaged update
     for name, value in ranks[0]["state"].items():
@@ -159,7 +159,9 @@ def test_profile_metrics_over_two_ranks_equal_one_process(tmp_path):
         finetune_mode="peter_zero",
         checkpoint_dir=str(tmp_path / "saved"),
     )
-    two = dict(settings, world_size=2, nproc=2, ip="localhost", port="29545", offset=0)
+    two = dict(
+        settings, world_size=2, nproc=2, ip="localhost", port=free_port(), offset=0
+    )
     mp.spawn(
         _evaluate_rank, args=(config_files, two, str(tmp_path)), nprocs=2, join=True
     )
@@ -211,7 +213,7 @@ def test_language_model_trainers_keep_ranks_identical(
         "Tools",
         settings,
         tmp_path,
-        port="29546" if model == "PromptLoRA" else "29547",
+        port=free_port(),
     )
     for name, value in ranks[0]["state"].items():
         assert torch.equal(value, ranks[1]["state"][name]), name

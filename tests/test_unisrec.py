@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from conftest import FAST, cut_users
+from conftest import FAST, cut_users, free_port
 
 from recbole_transfer.data.augment import item_drop
 
@@ -422,7 +422,7 @@ def test_two_process_gloo_pretraining_keeps_ranks_identical(
         world_size=2,
         nproc=2,
         ip="localhost",
-        port="29533",
+        port=free_port(),
         offset=0,
     )
     mp.spawn(
