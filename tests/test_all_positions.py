@@ -21,18 +21,17 @@ NO_DROPOUT = {
 }
 
 
+def _settings(tiny_root, tmp_path, **extra):
+    return dict(
+        FAST, data_path=str(tiny_root), checkpoint_dir=str(tmp_path / "saved"), **extra
+    )
+
+
 def _build(model, tiny_root, tmp_path, **extra):
     from recbole_transfer.quick_start import build
 
     return build(
-        model,
-        "Scientific",
-        config_dict=dict(
-            FAST,
-            data_path=str(tiny_root),
-            checkpoint_dir=str(tmp_path / "saved"),
-            **extra,
-        ),
+        model, "Scientific", config_dict=_settings(tiny_root, tmp_path, **extra)
     )
 
 
@@ -71,13 +70,7 @@ def _splits(tiny_root, tmp_path, model="SASRec", **extra):
         config = Config(
             model,
             "Scientific",
-            config_dict=dict(
-                FAST,
-                data_path=str(tiny_root),
-                checkpoint_dir=str(tmp_path / "saved"),
-                train_positions=mode,
-                **extra,
-            ),
+            config_dict=_settings(tiny_root, tmp_path, train_positions=mode, **extra),
         )
         splits[mode] = [part.inter_feat for part in create_dataset(config).build()]
     return splits["last"], splits["all"]
