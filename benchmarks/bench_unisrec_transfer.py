@@ -17,8 +17,9 @@ over several seeds, inside wall-clock budgets so the whole study fits one machin
    ``--pretrain_minutes`` from the start, whichever comes first (then the snapshots written by then are its points).
 3. Fine-tuning (``--jobs`` fresh processes at a time, in priority order; none starts after ``--finetune_minutes``
    from the start): SASRec and UniSRec from scratch, while pretraining runs unless ``--no-overlap``; then per target
-   its last "all" snapshot (transductive, then inductive), the first target's earlier snapshots (the curve,
-   transductive) and its single-source snapshots. Every run takes the ``--key=value`` pairs; one run per seed in
+   its last "all" snapshot (transductive, then inductive), the first target's single-source snapshots (at the
+   "all" snapshot's epochs where they have them), its earlier "all" snapshots (the curve, transductive) and, with
+   ``--unfrozen``, inductive fine-tuning with the Transformer trained too. Every run takes the ``--key=value`` pairs; one run per seed in
    ``--seeds``. Overlap keeps the accelerator busy but takes CPU cores from the pretraining processes' data loading.
 
 With ``--checkpoints`` nothing is pretrained: every target is fine-tuned from each given checkpoint (and from
@@ -42,6 +43,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -163,12 +165,18 @@ class Study:
     def encode(self, pretrain_sets, targets):
         """Each domain once (a merged dataset reads its domains' matrices from the same cache)."""
         sources = list(dict.fromkeys(d for s in pretrain_sets for d in s.split(",")))
-        for dataset in sources + [t for t in targets if t not in sources]:
+
+        def encode_one(dataset):
             word_drop = dataset in sources
             self.log(
                 f"encode {dataset} ({'plain, word-dropped' if word_drop else 'plain'})"
             )
             in_fresh_process(encode_here, dataset, word_drop, self.overrides)
+
+        with ThreadPoolExecutor(self.args.encode_jobs) as pool:
+            list(
+                pool.map(encode_one, sources + [t for t in targets if t not in sources])
+            )
 
     def pretrain(self, pretrain_sets):
         """Start one pretraining process per source set; returns {dataset: (process, folder, log path)}."""
@@ -377,8 +385,16 @@ class Study:
             )
             for s, seed in enumerate(seeds):
                 for e in epochs:
-                    for mode, rank in (("transductive", 1), ("inductive", 2)):
-                        if mode == "inductive" and e != last:
+                    for mode, rank, extra in (
+                        ("transductive", 1, {}),
+                        ("inductive", 2, {}),
+                        ("inductive_unfrozen", 25, dict(freeze_encoder=False)),
+                    ):
+                        if mode != "transductive" and e != last:
+                            continue
+                        if mode == "inductive_unfrozen" and not (
+                            args.unfrozen and t == 0
+                        ):
                             continue
                         push(
                             (rank if e == last else 20, s, t, -e),
@@ -390,18 +406,24 @@ class Study:
                                 pretrain_epochs=e,
                                 sources=all_sets[target],
                                 settings=dict(
-                                    train_stage=f"{mode}_ft", pretrained_path=found[e]
+                                    extra,
+                                    train_stage=f"{mode.split('_')[0]}_ft",
+                                    pretrained_path=found[e],
                                 ),
                             ),
                         )
         first = targets[0]
+        first_all = snapshots.get(all_sets[first], {})
         for source in singles:
             found = snapshots.get(source, {})
             if found:
-                last = max(found)
+                # the same pretraining epochs as the first target's "all" checkpoint where the source has them
+                last = (
+                    max(first_all) if max(first_all, default=0) in found else max(found)
+                )
                 for s, seed in enumerate(seeds):
                     push(
-                        (30, s, source),
+                        (15, s, source),
                         self.job(
                             first,
                             f"single:{source}",
@@ -569,6 +591,17 @@ def main():
         help="label=path;...: fine-tune from these checkpoints (modes in --modes), no pretraining",
     )
     parser.add_argument("--modes", default="transductive")
+    parser.add_argument(
+        "--encode_jobs",
+        type=int,
+        default=1,
+        help="domains encoded at once (each in its own process)",
+    )
+    parser.add_argument(
+        "--unfrozen",
+        action="store_true",
+        help="also inductive fine-tuning with the Transformer unfrozen (freeze_encoder=False)",
+    )
     for flag, meaning in (
         ("sasrec", "stock SASRec rows"),
         ("scratch", "UniSRec-from-scratch rows"),
