@@ -449,6 +449,21 @@ def test_constant_scores_evaluate_at_chance(data_root, tmp_path):
         assert abs(sum(gaps) / len(gaps)) < 0.025, gaps[:5]
 
 
+def test_evaluation_records_each_users_rank(data_root, tmp_path):
+    """``last_ranks``: one rank per test user, from which the evaluation's own Hit@k and MRR@10 follow exactly (the
+    per-user values a standard error is computed from)."""
+    _, model, trainer, (_, _, test) = _build("PromptLoRA", data_root, tmp_path)
+    result = trainer.evaluate(test, load_best_model=False)
+    ranks = torch.tensor(trainer.last_ranks, dtype=torch.float)
+    assert len(ranks) == 20 and ranks.min() >= 1 and ranks.max() <= 30
+    reciprocal = torch.where(ranks <= 10, 1.0 / ranks, torch.zeros_like(ranks))
+    assert reciprocal.mean().item() == pytest.approx(result["mrr@10"], abs=1e-4)
+    for k in (1, 3, 10):
+        assert (ranks <= k).float().mean().item() == pytest.approx(
+            result[f"hit@{k}"], abs=1e-4
+        )
+
+
 def test_tied_candidates_rank_in_random_order(data_root, tmp_path):
     """The same candidates with constant scores, ranked again and again as the metrics rank them (``torch.topk``
     over the score row): every user's positive lands in first place in about 1 of its n candidates' draws, and
