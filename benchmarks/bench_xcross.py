@@ -23,6 +23,11 @@ trains its epochs without validation and tests the last epoch's model (``eval_st
 evaluating a language model per (user, candidate) prompt. Each row records its test users' ranks in ``<out>.json``;
 the ``SE`` column is one standard error of MRR@10 over those users, sqrt(var / n) of the per-user reciprocal ranks.
 
+    python benchmarks/bench_xcross.py --report=results/bench_xcross_Tools.md.json
+
+``--report``: a table's rows from its ``.json`` with X-Cross's paired differences of MRR@10 (per user, the same test
+users in every row) against the other rows, and X-Cross minus new LoRA at each learning-curve size.
+
     python benchmarks/bench_xcross.py --diagnose --dataset=Sports [--shuffled_targets] [--key=value ...]
 
 ``--diagnose``: is PromptLoRA's training path learning (docs/RESULTS.md, "X-Cross / PromptLoRA training:
@@ -188,7 +193,92 @@ def standard_error(values):
     return (sum((v - mean) ** 2 for v in values) / (n - 1) / n) ** 0.5
 
 
+def paired(state, key, reference):
+    """Mean per-user difference of RR@10 between two rows of ``state`` and its standard error (the rows rank the
+    same test users in the same order), or None where a row lacks its ranks."""
+    a, b = state[key].get("test_ranks"), state[reference].get("test_ranks")
+    if not a or not b or len(a) != len(b):
+        return None
+    differences = [x - y for x, y in zip(reciprocal_ranks(a), reciprocal_ranks(b))]
+    return sum(differences) / len(differences), standard_error(differences)
+
+
+def report(state_file):
+    """The rows of ``<out>.json`` as one markdown table (SE: one standard error of MRR@10 over the test users) and
+    X-Cross's paired differences of MRR@10 against the other rows."""
+    with open(state_file, encoding="utf-8") as f:
+        state = json.load(f)
+
+    def cells(key):
+        label, dataset, examples = [c.strip() for c in key.strip("|").split("|")]
+        r = state[key]
+        valid = r["valid"].get("mrr@10")
+        seconds = r.get("epoch_seconds")
+        return (
+            f"| {label} | {dataset} | {examples} | {r.get('trainable', 0):,} / {r.get('total', 0):,} | "
+            f"{r.get('epochs', '')} | "
+            + " | ".join(f"{r['test'][m]:.4f}" for m in METRICS)
+            + f" | {r.get('mrr@10_se', float('nan')):.4f} | {'' if valid is None else f'{valid:.4f}'} | "
+            + f"{'' if not seconds else f'{seconds:.0f}'} |"
+        )
+
+    lines = [
+        "| run | evaluated on | train examples | trainable / total | epochs | Hit@1 | Hit@3 | Hit@10 | MRR@10 "
+        "| SE | valid MRR@10 | s/epoch |",
+        "|---" * 12 + "|",
+    ]
+    lines += [cells(key) for key in state]
+    # X-Cross: the learning-rate row with the best validation MRR@10
+    tried = [k for k in state if k.startswith("| X-Cross, lr ")]
+    if tried:
+        chosen = max(tried, key=lambda k: state[k]["valid"].get("mrr@10", 0.0))
+        lines += [
+            "",
+            f"X-Cross = {chosen.split('|')[1].strip()} (best valid MRR@10)",
+            "",
+        ]
+        lines += [
+            "| X-Cross minus | MRR@10 difference | SE (paired over users) |",
+            "|---|---|---|",
+        ]
+        for key in state:
+            if key == chosen or " on Sports" in key or " on Electronics" in key:
+                continue
+            if "subset" in key:
+                continue
+            result = paired(state, chosen, key)
+            if result:
+                lines.append(
+                    f"| {key.split('|')[1].strip()} | {result[0]:+.4f} | {result[1]:.4f} |"
+                )
+    curve = {}
+    for key in state:
+        label, _, examples = [c.strip() for c in key.strip("|").split("|")]
+        if ", subset " in label:
+            model, subset = label.split(", subset ")
+            curve.setdefault((examples, subset), {})[model] = key
+    if curve:
+        lines += [
+            "",
+            "| train examples | subset | X-Cross minus new LoRA | SE (paired) |",
+            "|---|---|---|---|",
+        ]
+        for (examples, subset), keys in curve.items():
+            if len(keys) == 2:
+                result = paired(state, keys["X-Cross"], keys["new LoRA"])
+                if result:
+                    lines.append(
+                        f"| {examples} | {subset} | {result[0]:+.4f} | {result[1]:.4f} |"
+                    )
+    print("\n".join(lines))
+
+
 def main():
+    if any(a.split("=")[0] == "--report" for a in sys.argv[1:]):
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--report", required=True, help="<out>.json of a table")
+        report(parser.parse_args().report)
+        return
     if "--diagnose" in sys.argv:
         parser = argparse.ArgumentParser()
         parser.add_argument("--diagnose", action="store_true")
@@ -233,6 +323,11 @@ def main():
         default="all",
         choices=VALIDATE,
         help="all: every row validates every eval_step; choices: only the rows a choice is made on",
+    )
+    parser.add_argument(
+        "--ablations",
+        default="Layers,Interactions,Experts",
+        help="which ablations the ablations part runs (names after the minus sign)",
     )
     parser.add_argument(
         "--source_examples",
@@ -449,8 +544,10 @@ def main():
                     examples=size,
                 )
     if "ablations" in parts:
+        chosen_ablations = args.ablations.split(",")
         for label, settings in ABLATIONS:
-            row(label, "XCross", args.target, dict(xcross, **settings))
+            if label.split(" -")[1].split(" ")[0] in chosen_ablations:
+                row(label, "XCross", args.target, dict(xcross, **settings))
     print(f"wrote {out}")
 
 
