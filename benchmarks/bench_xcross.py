@@ -5,23 +5,26 @@ ablations. Every row: Hit@1/3/10 and MRR@10 on 30 popularity-sampled candidates,
 per epoch.
 
     python benchmarks/bench_xcross.py --target=Tools --sources=Sports,Electronics [--sizes=50,100,250,500,1000]
-        [--subsets=3] [--first_subset=0] [--parts=baselines,xcross,curve,ablations] [--xcross_lrs=1e-4,3e-4]
-        [--validate=all|choices] [--key=value ...]
+        [--subsets=3] [--first_subset=0] [--parts=baselines,lora,xcross,start,curve,ablations]
+        [--xcross_lrs=1e-4,3e-4] [--validate=all|choices] [--source_examples=N] [--key=value ...]
 
-``--key=value`` pairs go to every run. ``--parts`` runs only some row groups after the source adapters (which
-every other part needs): ``baselines`` (zero-shot sources, Pooler+Scorer), ``lora`` (a new LoRA on the target, which
-needs no source), ``xcross`` (X-Cross), ``start``
-(X-Cross's untrained starting point), ``curve``, ``ablations``; runs with other parts may share one ``--out`` at
-the same time (each row is merged into ``<out>.json`` when it finishes). Rows are appended to ``--out`` as they finish (rows already there are
-skipped); results are kept in ``<out>.json``, the source adapters in ``saved/<out file name>/`` or ``--adapters``
-(adapters found there are tested on their own domains and reused, not retrained).
+``--key=value`` pairs go to every run; ``--source_examples`` sets the sources' ``max_train_examples`` apart from the
+target's. ``--parts`` runs only some row groups after the source adapters: ``baselines`` (zero-shot sources,
+Pooler+Scorer), ``zeroshot`` (only the zero-shot rows of ``--sources``), ``lora`` (a new LoRA on the target),
+``xcross`` (X-Cross), ``start`` (X-Cross's untrained starting point), ``curve`` (``--curve_models`` of
+``xcross,lora``), ``ablations`` (``--ablations``, of ``Layers,Interactions,Experts``). A part that needs no source
+(``lora``, a LoRA-only curve) skips the source adapters. Rows are appended to ``--out`` as they finish (rows already
+there are skipped); results are kept in ``<out>.json``, into which each row is merged when it finishes, so runs of
+other parts can share one ``--out`` at the same time; the source adapters are in ``saved/<out file name>/`` or
+``--adapters`` (adapters found there are tested on their own domains and reused, not retrained).
 
 ``--xcross_lrs``: X-Cross is trained once per learning rate (a row each) and the one with the best validation
-MRR@10 is the X-Cross of the ablations and the learning curve (the test split never chooses). ``--validate=choices``
-validates only the rows a choice is made on (the zero-shot sources, the X-Cross learning rates); every other row
-trains its epochs without validation and tests the last epoch's model (``eval_step=0``), which halves the cost of
-evaluating a language model per (user, candidate) prompt. Each row records its test users' ranks in ``<out>.json``;
-the ``SE`` column is one standard error of MRR@10 over those users, sqrt(var / n) of the per-user reciprocal ranks.
+MRR@10 is the X-Cross of the ablations and the learning curve (the test split never chooses; a run without the
+``xcross`` part reads those rows from ``<out>.json``). ``--validate=choices`` validates only the rows a choice is
+made on (the zero-shot sources, the X-Cross learning rates); every other row trains its epochs without validation
+and tests the last epoch's model (``eval_step=0``), which halves the cost of evaluating a language model per
+(user, candidate) prompt. Each row records its test users' ranks in ``<out>.json``; the ``SE`` column is one
+standard error of MRR@10 over those users, sqrt(var / n) of the per-user reciprocal ranks.
 
     python benchmarks/bench_xcross.py --report=results/bench_xcross_Tools.md.json
 
@@ -55,7 +58,7 @@ ABLATIONS = [
     ("X-Cross -Interactions (beta=0)", {"xcross_beta": 0.0}),
     ("X-Cross -Experts (alpha=0)", {"xcross_alpha": 0.0}),
 ]
-PARTS = ["baselines", "lora", "xcross", "start", "curve", "ablations"]
+PARTS = ["baselines", "zeroshot", "lora", "xcross", "start", "curve", "ablations"]
 
 
 def diagnose(dataset, overrides, shuffled_targets=False):
@@ -325,6 +328,11 @@ def main():
         help="all: every row validates every eval_step; choices: only the rows a choice is made on",
     )
     parser.add_argument(
+        "--curve_models",
+        default="xcross,lora",
+        help="the models of the learning curve, of xcross,lora",
+    )
+    parser.add_argument(
         "--ablations",
         default="Layers,Interactions,Experts",
         help="which ablations the ablations part runs (names after the minus sign)",
@@ -442,8 +450,14 @@ def main():
         else {"max_train_examples": args.source_examples}
     )
     source_examples = args.source_examples or all_examples
+    curve_models = args.curve_models.split(",")
+    needs_sources = (
+        not parts
+        or bool(set(parts) - {"lora", "curve"})
+        or ("curve" in parts and "xcross" in curve_models)
+    )
     for source in (
-        sources if set(parts) != {"lora"} else []
+        sources if needs_sources else []
     ):  # one adapter per source domain, tested on its own domain
         adapters[source] = folder = os.path.join(adapter_root, f"PromptLoRA-{source}")
         load_state()
@@ -473,6 +487,19 @@ def main():
             )
 
     xcross = {"source_datasets": sources, "source_adapter_dir": adapter_root}
+    if "zeroshot" in parts and "baselines" not in parts:
+        for (
+            s
+        ) in (
+            sources
+        ):  # only the zero-shot rows (--sources may name some of the sources)
+            row(
+                f"zero-shot {s} adapter",
+                "PromptLoRA",
+                args.target,
+                {"epochs": 0, "init_adapter": adapters[s]},
+                choice=True,
+            )
     if "baselines" in parts:
         zero_shot = {
             s: row(
@@ -529,20 +556,22 @@ def main():
         for size in [int(s) for s in args.sizes.split(",") if s]:
             for subset in range(args.first_subset, args.first_subset + args.subsets):
                 limit = {"max_train_examples": size, "train_subset_seed": subset}
-                row(
-                    f"X-Cross, subset {subset}",
-                    "XCross",
-                    args.target,
-                    dict(xcross, **limit),
-                    examples=size,
-                )
-                row(
-                    f"new LoRA, subset {subset}",
-                    "PromptLoRA",
-                    args.target,
-                    limit,
-                    examples=size,
-                )
+                if "xcross" in curve_models:
+                    row(
+                        f"X-Cross, subset {subset}",
+                        "XCross",
+                        args.target,
+                        dict(xcross, **limit),
+                        examples=size,
+                    )
+                if "lora" in curve_models:
+                    row(
+                        f"new LoRA, subset {subset}",
+                        "PromptLoRA",
+                        args.target,
+                        limit,
+                        examples=size,
+                    )
     if "ablations" in parts:
         chosen_ablations = args.ablations.split(",")
         for label, settings in ABLATIONS:
