@@ -583,3 +583,27 @@ def test_shuffled_targets_do_not_fit_the_real_pairs(trained_on_real_and_shuffled
     chance = math.log(1 + SMALL["xc_negatives"])
     assert shuffled["after"] > real["after"] + 0.1, (real, shuffled)
     assert shuffled["after"] > chance - 0.05, shuffled
+
+
+def test_benchmark_standard_error_of_mrr_from_ranks():
+    """``bench_xcross``: RR@10 per user from the recorded ranks, one standard error sqrt(var / n) with the sample
+    variance, and the paired difference of two rows over the same users."""
+    sys.path.insert(
+        0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks")
+    )
+    import bench_xcross
+
+    rr = bench_xcross.reciprocal_ranks([1, 2, 10, 11, 30])
+    assert rr == [1.0, 0.5, 0.1, 0.0, 0.0]
+    values = torch.tensor(rr, dtype=torch.float64)
+    assert bench_xcross.standard_error(rr) == pytest.approx(
+        (values.var(unbiased=True) / len(rr)).sqrt().item()
+    )
+    state = {
+        "a": {"test_ranks": [1, 2, 10, 11]},
+        "b": {"test_ranks": [2, 2, 1, 11]},
+    }
+    mean, se = bench_xcross.paired(state, "a", "b")
+    differences = torch.tensor([0.5, 0.0, -0.9, 0.0], dtype=torch.float64)
+    assert mean == pytest.approx(differences.mean().item())
+    assert se == pytest.approx((differences.var() / 4).sqrt().item())
