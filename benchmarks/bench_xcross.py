@@ -5,13 +5,31 @@ ablations. Every row: Hit@1/3/10 and MRR@10 on 30 popularity-sampled candidates,
 per epoch.
 
     python benchmarks/bench_xcross.py --target=Tools --sources=Sports,Electronics [--sizes=50,100,250,500,1000]
-        [--subsets=3] [--first_subset=0] [--parts=baselines,xcross,curve,ablations] [--key=value ...]
+        [--subsets=3] [--first_subset=0] [--parts=baselines,lora,xcross,start,curve,ablations]
+        [--xcross_lrs=1e-4,3e-4] [--validate=all|choices] [--source_examples=N] [--key=value ...]
 
-``--key=value`` pairs go to every run. ``--parts`` runs only some row groups after the source adapters (which
-every part needs): ``baselines`` (zero-shot sources, Pooler+Scorer, new LoRA), ``xcross`` (X-Cross and its
-starting point), ``curve``, ``ablations``. Rows are appended to ``--out`` as they finish (rows already there are
-skipped); results are kept in ``<out>.json``, the source adapters in ``saved/<out file name>/`` or ``--adapters``
-(adapters found there are tested on their own domains and reused, not retrained).
+``--key=value`` pairs go to every run; ``--source_examples`` sets the sources' ``max_train_examples`` apart from the
+target's. ``--parts`` runs only some row groups after the source adapters: ``baselines`` (zero-shot sources,
+Pooler+Scorer), ``zeroshot`` (only the zero-shot rows of ``--sources``), ``lora`` (a new LoRA on the target),
+``xcross`` (X-Cross), ``start`` (X-Cross's untrained starting point), ``curve`` (``--curve_models`` of
+``xcross,lora``), ``ablations`` (``--ablations``, of ``Layers,Interactions,Experts``). A part that needs no source
+(``lora``, a LoRA-only curve) skips the source adapters. Rows are appended to ``--out`` as they finish (rows already
+there are skipped); results are kept in ``<out>.json``, into which each row is merged when it finishes, so runs of
+other parts can share one ``--out`` at the same time; the source adapters are in ``saved/<out file name>/`` or
+``--adapters`` (adapters found there are tested on their own domains and reused, not retrained).
+
+``--xcross_lrs``: X-Cross is trained once per learning rate (a row each) and the one with the best validation
+MRR@10 is the X-Cross of the ablations and the learning curve (the test split never chooses; a run without the
+``xcross`` part reads those rows from ``<out>.json``). ``--validate=choices`` validates only the rows a choice is
+made on (the zero-shot sources, the X-Cross learning rates); every other row trains its epochs without validation
+and tests the last epoch's model (``eval_step=0``), which halves the cost of evaluating a language model per
+(user, candidate) prompt. Each row records its test users' ranks in ``<out>.json``; the ``SE`` column is one
+standard error of MRR@10 over those users, sqrt(var / n) of the per-user reciprocal ranks.
+
+    python benchmarks/bench_xcross.py --report=results/bench_xcross_Tools.md.json
+
+``--report``: a table's rows from its ``.json`` with X-Cross's paired differences of MRR@10 (per user, the same test
+users in every row) against the other rows, and X-Cross minus new LoRA at each learning-curve size.
 
     python benchmarks/bench_xcross.py --diagnose --dataset=Sports [--shuffled_targets] [--key=value ...]
 
@@ -34,12 +52,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import append_row, fit_and_measure, start_table  # noqa: E402
 
 METRICS = ["hit@1", "hit@3", "hit@10", "mrr@10"]
+VALIDATE = ("all", "choices")
 ABLATIONS = [
     ("X-Cross -Layers (alpha=beta=0)", {"xcross_alpha": 0.0, "xcross_beta": 0.0}),
     ("X-Cross -Interactions (beta=0)", {"xcross_beta": 0.0}),
     ("X-Cross -Experts (alpha=0)", {"xcross_alpha": 0.0}),
 ]
-PARTS = ["baselines", "xcross", "curve", "ablations"]
+PARTS = ["baselines", "zeroshot", "lora", "xcross", "start", "curve", "ablations"]
 
 
 def diagnose(dataset, overrides, shuffled_targets=False):
@@ -163,7 +182,106 @@ def diagnose(dataset, overrides, shuffled_targets=False):
         )
 
 
+def reciprocal_ranks(ranks, cutoff=10):
+    """Per-user reciprocal rank at ``cutoff`` (0 beyond it) of the positives' ranks."""
+    return [1.0 / r if r <= cutoff else 0.0 for r in ranks]
+
+
+def standard_error(values):
+    """One standard error of the mean, sqrt(var / n) with the sample variance (n - 1)."""
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    mean = sum(values) / n
+    return (sum((v - mean) ** 2 for v in values) / (n - 1) / n) ** 0.5
+
+
+def paired(state, key, reference):
+    """Mean per-user difference of RR@10 between two rows of ``state`` and its standard error (the rows rank the
+    same test users in the same order), or None where a row lacks its ranks."""
+    a, b = state[key].get("test_ranks"), state[reference].get("test_ranks")
+    if not a or not b or len(a) != len(b):
+        return None
+    differences = [x - y for x, y in zip(reciprocal_ranks(a), reciprocal_ranks(b))]
+    return sum(differences) / len(differences), standard_error(differences)
+
+
+def report(state_file):
+    """The rows of ``<out>.json`` as one markdown table (SE: one standard error of MRR@10 over the test users) and
+    X-Cross's paired differences of MRR@10 against the other rows."""
+    with open(state_file, encoding="utf-8") as f:
+        state = json.load(f)
+
+    def cells(key):
+        label, dataset, examples = [c.strip() for c in key.strip("|").split("|")]
+        r = state[key]
+        valid = r["valid"].get("mrr@10")
+        seconds = r.get("epoch_seconds")
+        return (
+            f"| {label} | {dataset} | {examples} | {r.get('trainable', 0):,} / {r.get('total', 0):,} | "
+            f"{r.get('epochs', '')} | "
+            + " | ".join(f"{r['test'][m]:.4f}" for m in METRICS)
+            + f" | {r.get('mrr@10_se', float('nan')):.4f} | {'' if valid is None else f'{valid:.4f}'} | "
+            + f"{'' if not seconds else f'{seconds:.0f}'} |"
+        )
+
+    lines = [
+        "| run | evaluated on | train examples | trainable / total | epochs | Hit@1 | Hit@3 | Hit@10 | MRR@10 "
+        "| SE | valid MRR@10 | s/epoch |",
+        "|---" * 12 + "|",
+    ]
+    lines += [cells(key) for key in state]
+    # X-Cross: the learning-rate row with the best validation MRR@10
+    tried = [k for k in state if k.startswith("| X-Cross, lr ")]
+    if tried:
+        chosen = max(tried, key=lambda k: state[k]["valid"].get("mrr@10", 0.0))
+        lines += [
+            "",
+            f"X-Cross = {chosen.split('|')[1].strip()} (best valid MRR@10)",
+            "",
+        ]
+        lines += [
+            "| X-Cross minus | MRR@10 difference | SE (paired over users) |",
+            "|---|---|---|",
+        ]
+        for key in state:
+            if key == chosen or " on Sports" in key or " on Electronics" in key:
+                continue
+            if "subset" in key:
+                continue
+            result = paired(state, chosen, key)
+            if result:
+                lines.append(
+                    f"| {key.split('|')[1].strip()} | {result[0]:+.4f} | {result[1]:.4f} |"
+                )
+    curve = {}
+    for key in state:
+        label, _, examples = [c.strip() for c in key.strip("|").split("|")]
+        if ", subset " in label:
+            model, subset = label.split(", subset ")
+            curve.setdefault((examples, subset), {})[model] = key
+    if curve:
+        lines += [
+            "",
+            "| train examples | subset | X-Cross minus new LoRA | SE (paired) |",
+            "|---|---|---|---|",
+        ]
+        for (examples, subset), keys in curve.items():
+            if len(keys) == 2:
+                result = paired(state, keys["X-Cross"], keys["new LoRA"])
+                if result:
+                    lines.append(
+                        f"| {examples} | {subset} | {result[0]:+.4f} | {result[1]:.4f} |"
+                    )
+    print("\n".join(lines))
+
+
 def main():
+    if any(a.split("=")[0] == "--report" for a in sys.argv[1:]):
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--report", required=True, help="<out>.json of a table")
+        report(parser.parse_args().report)
+        return
     if "--diagnose" in sys.argv:
         parser = argparse.ArgumentParser()
         parser.add_argument("--diagnose", action="store_true")
@@ -198,6 +316,33 @@ def main():
         default=",".join(PARTS),
         help="row groups to run, of " + ",".join(PARTS),
     )
+    parser.add_argument(
+        "--xcross_lrs",
+        default=None,
+        help="learning rates of X-Cross, chosen among on valid MRR@10 (default: learning_rate of the run)",
+    )
+    parser.add_argument(
+        "--validate",
+        default="all",
+        choices=VALIDATE,
+        help="all: every row validates every eval_step; choices: only the rows a choice is made on",
+    )
+    parser.add_argument(
+        "--curve_models",
+        default="xcross,lora",
+        help="the models of the learning curve, of xcross,lora",
+    )
+    parser.add_argument(
+        "--ablations",
+        default="Layers,Interactions,Experts",
+        help="which ablations the ablations part runs (names after the minus sign)",
+    )
+    parser.add_argument(
+        "--source_examples",
+        type=int,
+        default=None,
+        help="max_train_examples of the source adapters (default: that of the run)",
+    )
     parser.add_argument("--out", default=None)
     parser.add_argument(
         "--adapters",
@@ -229,6 +374,8 @@ def main():
             "trainable / total",
             "epochs",
             *METRICS,
+            "SE",
+            "valid mrr@10",
             "s/epoch",
         ],
     )
@@ -239,7 +386,15 @@ def main():
         else {}
     )
 
+    def load_state():  # rows another run of this table (another --parts) has written since
+        if os.path.isfile(state_file):
+            with open(state_file, encoding="utf-8") as f:
+                state.update(json.load(f))
+
     def save_state():
+        own = dict(state)
+        load_state()
+        state.update(own)
         atomic_write_text(state_file, json.dumps(state, indent=1))
 
     all_examples = int(common.get("max_train_examples") or 0) or "all"
@@ -247,20 +402,38 @@ def main():
     def row_key(label, dataset, examples=all_examples):
         return f"| {label} | {dataset} | {examples} |"
 
-    def row(label, model, dataset, settings, examples=all_examples):
+    def row(label, model, dataset, settings, examples=all_examples, choice=False):
+        """One table row; ``choice``: a choice is made on its validation result (always validated)."""
         key = row_key(label, dataset, examples)
+        load_state()
         if key in state:
             return state[key]
-        result = fit_and_measure(model, dataset, dict(common, **settings))
+        settings = dict(common, **settings)
+        if args.validate == "choices" and not choice:
+            settings["eval_step"] = 0  # train without validation, test the last epoch
+        result = fit_and_measure(model, dataset, settings)
         trained = result["epochs"] > 0  # a zero-shot row trains nothing
         seconds = f"{result['epoch_seconds']:.1f}" if trained else ""
+        ranks = result.get("test_ranks")
+        se = standard_error(reciprocal_ranks(ranks)) if ranks else float("nan")
+        valid = result["best_valid"].get("mrr@10")
         line = (
             f"{key} {result['trainable'] if trained else 0:,} / {result['total']:,} | {result['epochs']} | "
             + " | ".join(f"{result['test'][m]:.4f}" for m in METRICS)
-            + f" | {seconds} |"
+            + f" | {se:.4f} | {'' if valid is None else f'{valid:.4f}'} | {seconds} |"
         )
         append_row(out, line)
-        state[key] = {"valid": result["best_valid"], "test": result["test"]}
+        state[key] = {
+            "valid": result["best_valid"],
+            "test": result["test"],
+            "test_ranks": ranks,
+            "mrr@10_se": se,
+            "trainable": result["trainable"] if trained else 0,
+            "total": result["total"],
+            "epochs": result["epochs"],
+            "epoch_seconds": result["epoch_seconds"] if trained else None,
+            "fit_minutes": result["fit_minutes"],
+        }
         save_state()
         return state[key]
 
@@ -270,9 +443,27 @@ def main():
         "saved", os.path.splitext(os.path.basename(out))[0]
     )
     adapters = {}
-    for source in sources:  # one adapter per source domain, tested on its own domain
+    # the sources may train on more examples than the target (a target with little data)
+    source_limit = (
+        {}
+        if args.source_examples is None
+        else {"max_train_examples": args.source_examples}
+    )
+    source_examples = args.source_examples or all_examples
+    curve_models = args.curve_models.split(",")
+    needs_sources = (
+        not parts
+        or bool(set(parts) - {"lora", "curve"})
+        or ("curve" in parts and "xcross" in curve_models)
+    )
+    for source in (
+        sources if needs_sources else []
+    ):  # one adapter per source domain, tested on its own domain
         adapters[source] = folder = os.path.join(adapter_root, f"PromptLoRA-{source}")
-        trained_here = row_key(f"PromptLoRA on {source}", source) in state
+        load_state()
+        trained_here = (
+            row_key(f"PromptLoRA on {source}", source, source_examples) in state
+        )
         if trained_here and not os.path.isdir(folder):
             raise SystemExit(
                 f"{state_file} lists the {source} adapter but {folder} is gone: "
@@ -283,14 +474,32 @@ def main():
                 f"PromptLoRA on {source} (from {folder})",
                 "PromptLoRA",
                 source,
-                {"epochs": 0, "init_adapter": folder},
+                dict(source_limit, epochs=0, init_adapter=folder),
+                examples=source_examples,
             )
         else:
             row(
-                f"PromptLoRA on {source}", "PromptLoRA", source, {"adapter_dir": folder}
+                f"PromptLoRA on {source}",
+                "PromptLoRA",
+                source,
+                dict(source_limit, adapter_dir=folder),
+                examples=source_examples,
             )
 
     xcross = {"source_datasets": sources, "source_adapter_dir": adapter_root}
+    if "zeroshot" in parts and "baselines" not in parts:
+        for (
+            s
+        ) in (
+            sources
+        ):  # only the zero-shot rows (--sources may name some of the sources)
+            row(
+                f"zero-shot {s} adapter",
+                "PromptLoRA",
+                args.target,
+                {"epochs": 0, "init_adapter": adapters[s]},
+                choice=True,
+            )
     if "baselines" in parts:
         zero_shot = {
             s: row(
@@ -298,6 +507,7 @@ def main():
                 "PromptLoRA",
                 args.target,
                 {"epochs": 0, "init_adapter": adapters[s]},
+                choice=True,
             )
             for s in sources
         }
@@ -310,32 +520,63 @@ def main():
             args.target,
             {"init_adapter": adapters[best], "xc_train_part": "head"},
         )
+    if "lora" in parts:
         row("new LoRA on the target", "PromptLoRA", args.target, {})
-    if "xcross" in parts:
+    if args.xcross_lrs:  # the integrators' step size, chosen on validation
+        lrs = [float(lr) for lr in args.xcross_lrs.split(",") if lr]
+        if "xcross" in parts:
+            tried = {
+                lr: row(
+                    f"X-Cross, lr {lr:g}",
+                    "XCross",
+                    args.target,
+                    dict(xcross, learning_rate=lr),
+                    choice=True,
+                )
+                for lr in lrs
+            }
+        else:  # the choice of an earlier run with --parts=xcross
+            keys = {lr: row_key(f"X-Cross, lr {lr:g}", args.target) for lr in lrs}
+            missing = [f"{lr:g}" for lr, key in keys.items() if key not in state]
+            if missing:
+                raise SystemExit(
+                    f"--xcross_lrs: no X-Cross row for lr {', '.join(missing)} in {state_file}: "
+                    "run --parts=xcross first"
+                )
+            tried = {lr: state[key] for lr, key in keys.items()}
+        chosen = max(lrs, key=lambda lr: tried[lr]["valid"].get("mrr@10", 0.0))
+        print(f"X-Cross learning rate chosen on valid MRR@10: {chosen:g}", flush=True)
+        xcross = dict(xcross, learning_rate=chosen)
+    elif "xcross" in parts:
         row("X-Cross", "XCross", args.target, xcross)
+    if "start" in parts:
         # its starting point: integrators at zero, the mean of the sources' states, the first source's head
         row("X-Cross before training", "XCross", args.target, dict(xcross, epochs=0))
     if "curve" in parts:  # the learning curve before the ablations
         for size in [int(s) for s in args.sizes.split(",") if s]:
             for subset in range(args.first_subset, args.first_subset + args.subsets):
                 limit = {"max_train_examples": size, "train_subset_seed": subset}
-                row(
-                    f"X-Cross, subset {subset}",
-                    "XCross",
-                    args.target,
-                    dict(xcross, **limit),
-                    examples=size,
-                )
-                row(
-                    f"new LoRA, subset {subset}",
-                    "PromptLoRA",
-                    args.target,
-                    limit,
-                    examples=size,
-                )
+                if "xcross" in curve_models:
+                    row(
+                        f"X-Cross, subset {subset}",
+                        "XCross",
+                        args.target,
+                        dict(xcross, **limit),
+                        examples=size,
+                    )
+                if "lora" in curve_models:
+                    row(
+                        f"new LoRA, subset {subset}",
+                        "PromptLoRA",
+                        args.target,
+                        limit,
+                        examples=size,
+                    )
     if "ablations" in parts:
+        chosen_ablations = args.ablations.split(",")
         for label, settings in ABLATIONS:
-            row(label, "XCross", args.target, dict(xcross, **settings))
+            if label.split(" -")[1].split(" ")[0] in chosen_ablations:
+                row(label, "XCross", args.target, dict(xcross, **settings))
     print(f"wrote {out}")
 
 

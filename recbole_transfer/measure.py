@@ -110,6 +110,8 @@ def _fit_here(model, dataset, config_dict, sampled, config_files):
     fit_seconds = time.time() - start
     # epochs=0: nothing trained and no checkpoint (zero-shot evaluation of a loaded model)
     test_result = trainer.evaluate(test, load_best_model=config["epochs"] > 0)
+    # per-user ranks of the test positives, where the trainer records them (PromptEvaluation)
+    test_ranks = getattr(trainer, "last_ranks", None)
     sampled_result = (
         _sampled_test(
             model, dataset, config_dict, net, type(trainer), sampled, config_files
@@ -135,6 +137,7 @@ def _fit_here(model, dataset, config_dict, sampled, config_files):
             float(trainer.best_valid_score) if config["epochs"] > 0 else None
         ),
         "best_valid": {k: float(v) for k, v in (best_valid or {}).items()},
+        "test_ranks": test_ranks,
         # trainers with their own update loop (MetaTrainer) time each iteration
         "iteration_seconds": (
             statistics.median(trainer.iteration_seconds)

@@ -449,6 +449,21 @@ def test_constant_scores_evaluate_at_chance(data_root, tmp_path):
         assert abs(sum(gaps) / len(gaps)) < 0.025, gaps[:5]
 
 
+def test_evaluation_records_each_users_rank(data_root, tmp_path):
+    """``last_ranks``: one rank per test user, from which the evaluation's own Hit@k and MRR@10 follow exactly (the
+    per-user values a standard error is computed from)."""
+    _, model, trainer, (_, _, test) = _build("PromptLoRA", data_root, tmp_path)
+    result = trainer.evaluate(test, load_best_model=False)
+    ranks = torch.tensor(trainer.last_ranks, dtype=torch.float)
+    assert len(ranks) == 20 and ranks.min() >= 1 and ranks.max() <= 30
+    reciprocal = torch.where(ranks <= 10, 1.0 / ranks, torch.zeros_like(ranks))
+    assert reciprocal.mean().item() == pytest.approx(result["mrr@10"], abs=1e-4)
+    for k in (1, 3, 10):
+        assert (ranks <= k).float().mean().item() == pytest.approx(
+            result[f"hit@{k}"], abs=1e-4
+        )
+
+
 def test_tied_candidates_rank_in_random_order(data_root, tmp_path):
     """The same candidates with constant scores, ranked again and again as the metrics rank them (``torch.topk``
     over the score row): every user's positive lands in first place in about 1 of its n candidates' draws, and
@@ -568,3 +583,27 @@ def test_shuffled_targets_do_not_fit_the_real_pairs(trained_on_real_and_shuffled
     chance = math.log(1 + SMALL["xc_negatives"])
     assert shuffled["after"] > real["after"] + 0.1, (real, shuffled)
     assert shuffled["after"] > chance - 0.05, shuffled
+
+
+def test_benchmark_standard_error_of_mrr_from_ranks():
+    """``bench_xcross``: RR@10 per user from the recorded ranks, one standard error sqrt(var / n) with the sample
+    variance, and the paired difference of two rows over the same users."""
+    sys.path.insert(
+        0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks")
+    )
+    import bench_xcross
+
+    rr = bench_xcross.reciprocal_ranks([1, 2, 10, 11, 30])
+    assert rr == [1.0, 0.5, 0.1, 0.0, 0.0]
+    values = torch.tensor(rr, dtype=torch.float64)
+    assert bench_xcross.standard_error(rr) == pytest.approx(
+        (values.var(unbiased=True) / len(rr)).sqrt().item()
+    )
+    state = {
+        "a": {"test_ranks": [1, 2, 10, 11]},
+        "b": {"test_ranks": [2, 2, 1, 11]},
+    }
+    mean, se = bench_xcross.paired(state, "a", "b")
+    differences = torch.tensor([0.5, 0.0, -0.9, 0.0], dtype=torch.float64)
+    assert mean == pytest.approx(differences.mean().item())
+    assert se == pytest.approx((differences.var() / 4).sqrt().item())

@@ -97,18 +97,39 @@ def break_ties(scores, generator):
     return ranked.masked_fill(scores == float("-inf"), float("-inf"))
 
 
+def positive_ranks(scores, positive_u, positive_i):
+    """The rank (1 = first) of every positive (row ``positive_u``, item ``positive_i``) among its row's scores,
+    counting the strictly higher ones (after ``break_ties`` no two finite scores of a row are equal).
+    """
+    positive = scores[positive_u, positive_i]
+    return 1 + (scores[positive_u] > positive.unsqueeze(1)).sum(1)
+
+
 class PromptEvaluation:
     """Mixin for a RecBole ``Trainer``: ranking evaluation with ties broken at random (``break_ties``, generator
-    seeded by ``seed``, drawn on through the run)."""
+    seeded by ``seed``, drawn on through the run). After each ``evaluate``, ``last_ranks`` holds the rank of every
+    evaluated positive (one per user with leave-one-out splits), in evaluation order: per-user metrics, e.g. the
+    standard error of MRR@10."""
 
     def __init__(self, config, model):
         super().__init__(config, model)
         self.tie_generator = torch.Generator().manual_seed(int(config["seed"]))
+        self.last_ranks = None
+        self._ranks = []
+
+    def evaluate(self, *args, **kwargs):
+        self._ranks = []
+        result = super().evaluate(*args, **kwargs)
+        self.last_ranks = (
+            torch.cat(self._ranks).tolist() if self._ranks else None
+        )  # the best model's, when the trainer evaluates it
+        return result
 
     def _ranked(self, result):
         interaction, scores, positive_u, positive_i = result
         if self.config["eval_type"] == EvaluatorType.RANKING:
             scores = break_ties(scores, self.tie_generator)
+            self._ranks.append(positive_ranks(scores, positive_u, positive_i).cpu())
         return interaction, scores, positive_u, positive_i
 
     def _neg_sample_batch_eval(self, batched_data):
