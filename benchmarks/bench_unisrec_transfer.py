@@ -367,9 +367,6 @@ class Study:
             for w in workers:
                 w.start()
         snapshots = self.stop_pretraining(running)
-        if not args.overlap:
-            for w in workers:
-                w.start()
         for t, target in enumerate(targets):
             found = snapshots.get(all_sets[target], {})
             if not found:
@@ -437,6 +434,11 @@ class Study:
                             ),
                         ),
                     )
+        if (
+            not args.overlap
+        ):  # every run queued first, so that the workers take them in priority order
+            for w in workers:
+                w.start()
         self.pretraining_done.set()
         for w in workers:
             w.join()

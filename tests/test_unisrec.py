@@ -435,6 +435,55 @@ def test_two_process_gloo_pretraining_keeps_ranks_identical(
         assert torch.equal(ranks[0]["state"][name], ranks[1]["state"][name]), name
 
 
+def test_shipped_checkpoint_never_saw_the_target(data_root, tmp_path, text_cache):
+    """``shipped`` picks, per target, a shipped checkpoint pretrained without it: Scientific gets the default, Toys
+    and Tools each the one pretrained on the other four text domains; a target every checkpoint saw gets the
+    default. Each shipped file is a loadable UniSRec checkpoint whose recorded datasets match its name.
+    """
+    from recbole_transfer.config import PRETRAINED_DIR
+    from recbole_transfer.model.unisrec import (
+        SHIPPED_CHECKPOINT,
+        SHIPPED_CHECKPOINTS,
+        shipped_checkpoint,
+    )
+    from recbole_transfer.quick_start import build
+    from recbole_transfer.utils import load_checkpoint
+
+    assert shipped_checkpoint(["Scientific"]) == SHIPPED_CHECKPOINT
+    assert (
+        shipped_checkpoint(["Toys"])
+        == "UniSRec-Electronics,Scientific,Sports,Tools.pth"
+    )
+    assert (
+        shipped_checkpoint(["Tools"])
+        == "UniSRec-Electronics,Scientific,Sports,Toys.pth"
+    )
+    assert shipped_checkpoint(["Electronics"]) == SHIPPED_CHECKPOINT
+    assert shipped_checkpoint(["Toys", "Tools"]) == SHIPPED_CHECKPOINT
+    for name in SHIPPED_CHECKPOINTS:
+        checkpoint = load_checkpoint(os.path.join(PRETRAINED_DIR, name))
+        assert checkpoint["config"]["dataset"] == name[len("UniSRec-") : -len(".pth")]
+        assert checkpoint["config"]["plm_name"] == "all-MiniLM-L6-v2"
+    _, model, _, _ = build(
+        "UniSRec",
+        "Tools",
+        config_dict=dict(
+            data_path=str(data_root),
+            checkpoint_dir=str(tmp_path / "saved"),
+            text_cache_dir=text_cache,
+            show_progress=False,
+            log_flops=False,
+            state="WARNING",
+        ),
+    )
+    assert os.path.basename(model.pretrained_path) == shipped_checkpoint(["Tools"])
+    saved = load_checkpoint(model.pretrained_path)["state_dict"]
+    loaded = model.state_dict()
+    assert all(
+        torch.equal(loaded[k], saved[k]) for k in saved if k.startswith("trm_encoder")
+    )
+
+
 def test_shipped_checkpoint_is_the_default_for_finetuning(
     data_root, tmp_path, text_cache
 ):

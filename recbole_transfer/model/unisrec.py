@@ -37,14 +37,33 @@ class PretrainedCheckpointError(UserInputError):
     pass
 
 
-# pretrained by this project on Electronics, Sports, Toys and Tools (pretrained/README.md has the command)
+# pretrained by this project (pretrained/README.md has the commands): the default, then one per shipped text domain
+# that the default saw, each without that domain, so that no target is fine-tuned from a checkpoint that saw it
 SHIPPED_CHECKPOINT = "UniSRec-Electronics,Sports,Toys,Tools.pth"
+SHIPPED_CHECKPOINTS = (
+    SHIPPED_CHECKPOINT,
+    "UniSRec-Electronics,Scientific,Sports,Tools.pth",
+    "UniSRec-Electronics,Scientific,Sports,Toys.pth",
+)
 
 
-def resolve_pretrained_path(value, train_stage, pretrained_dir="pretrained"):
-    """The checkpoint file to load, or None. ``shipped`` (the yaml default) is ``SHIPPED_CHECKPOINT`` in
-    ``pretrained_dir`` (the config's folder of shipped checkpoints) for the fine-tuning stages and nothing for
-    pretraining; None / '' / 'none' mean no checkpoint. Any other path is relative to the working directory.
+def shipped_checkpoint(targets):
+    """The first of ``SHIPPED_CHECKPOINTS`` whose source domains (named in the file) include none of
+    ``targets``, or the default when every one saw a target."""
+    for name in SHIPPED_CHECKPOINTS:
+        sources = name[len("UniSRec-") : -len(".pth")].split(",")
+        if not set(sources) & set(targets):
+            return name
+    return SHIPPED_CHECKPOINT
+
+
+def resolve_pretrained_path(
+    value, train_stage, pretrained_dir="pretrained", targets=()
+):
+    """The checkpoint file to load, or None. ``shipped`` (the yaml default) is, for the fine-tuning stages, the
+    shipped checkpoint in ``pretrained_dir`` (the config's folder of shipped checkpoints) that was not pretrained on
+    any of ``targets`` (``shipped_checkpoint``), and nothing for pretraining; None / '' / 'none' mean no checkpoint.
+    Any other path is relative to the working directory.
     """
     if is_unset(value):
         return None
@@ -52,7 +71,7 @@ def resolve_pretrained_path(value, train_stage, pretrained_dir="pretrained"):
     if path == "shipped":
         if train_stage == "pretrain":
             return None
-        path = os.path.join(pretrained_dir, SHIPPED_CHECKPOINT)
+        path = os.path.join(pretrained_dir, shipped_checkpoint(targets))
     found = find_path(path)
     if found is None:
         raise PretrainedCheckpointError(f"pretrained_path '{path}' not found")
@@ -191,7 +210,10 @@ class UniSRec(SequentialRecommender):
         # parameters initialization
         self.apply(self._init_weights)
         self.pretrained_path = resolve_pretrained_path(
-            config["pretrained_path"], self.train_stage, config["pretrained_dir"]
+            config["pretrained_path"],
+            self.train_stage,
+            config["pretrained_dir"],
+            targets=str(config["dataset"]).split(","),
         )
         if self.pretrained_path is not None:
             self.load_pretrained(self.pretrained_path)
