@@ -435,6 +435,25 @@ def test_two_process_gloo_pretraining_keeps_ranks_identical(
         assert torch.equal(ranks[0]["state"][name], ranks[1]["state"][name]), name
 
 
+def _build_with_yaml_defaults(data_root, tmp_path, text_cache, dataset):
+    """UniSRec with the yaml's own architecture and pretrained_path (not SMALL's)."""
+    from recbole_transfer.quick_start import build
+
+    _, model, _, _ = build(
+        "UniSRec",
+        dataset,
+        config_dict=dict(
+            data_path=str(data_root),
+            checkpoint_dir=str(tmp_path / "saved"),
+            text_cache_dir=text_cache,
+            show_progress=False,
+            log_flops=False,
+            state="WARNING",
+        ),
+    )
+    return model
+
+
 def test_shipped_checkpoint_never_saw_the_target(data_root, tmp_path, text_cache):
     """``shipped`` picks, per target, a shipped checkpoint pretrained without it: Scientific gets the default, Toys
     and Tools each the one pretrained on the other four text domains; a target every checkpoint saw gets the
@@ -446,7 +465,6 @@ def test_shipped_checkpoint_never_saw_the_target(data_root, tmp_path, text_cache
         SHIPPED_CHECKPOINTS,
         shipped_checkpoint,
     )
-    from recbole_transfer.quick_start import build
     from recbole_transfer.utils import load_checkpoint
 
     assert shipped_checkpoint(["Scientific"]) == SHIPPED_CHECKPOINT
@@ -464,18 +482,7 @@ def test_shipped_checkpoint_never_saw_the_target(data_root, tmp_path, text_cache
         checkpoint = load_checkpoint(os.path.join(PRETRAINED_DIR, name))
         assert checkpoint["config"]["dataset"] == name[len("UniSRec-") : -len(".pth")]
         assert checkpoint["config"]["plm_name"] == "all-MiniLM-L6-v2"
-    _, model, _, _ = build(
-        "UniSRec",
-        "Tools",
-        config_dict=dict(
-            data_path=str(data_root),
-            checkpoint_dir=str(tmp_path / "saved"),
-            text_cache_dir=text_cache,
-            show_progress=False,
-            log_flops=False,
-            state="WARNING",
-        ),
-    )
+    model = _build_with_yaml_defaults(data_root, tmp_path, text_cache, "Tools")
     assert os.path.basename(model.pretrained_path) == shipped_checkpoint(["Tools"])
     saved = load_checkpoint(model.pretrained_path)["state_dict"]
     loaded = model.state_dict()
@@ -491,20 +498,9 @@ def test_shipped_checkpoint_is_the_default_for_finetuning(
         SHIPPED_CHECKPOINT,
         resolve_pretrained_path,
     )
-    from recbole_transfer.quick_start import build
 
     assert resolve_pretrained_path("shipped", "pretrain") is None
-    defaults = dict(
-        data_path=str(data_root),
-        checkpoint_dir=str(tmp_path / "saved"),
-        text_cache_dir=text_cache,
-        show_progress=False,
-        log_flops=False,
-        state="WARNING",
-    )
-    _, model, _, _ = build(
-        "UniSRec", "Scientific", config_dict=defaults
-    )  # the yaml's own architecture
+    model = _build_with_yaml_defaults(data_root, tmp_path, text_cache, "Scientific")
     assert model.pretrained_path.endswith(SHIPPED_CHECKPOINT)
     assert model.train_stage == "transductive_ft"
     assert _trainable(model) == _moe_params(300, n_exps=8) + model.n_items * 300
