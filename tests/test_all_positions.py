@@ -18,6 +18,7 @@ TARGETS = "item_id_target_list"
 NO_DROPOUT = {
     "SASRec": {"hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0},
     "LRURec": {"dropout_prob": 0.0},
+    "GRU4Rec": {"dropout_prob": 0.0},
 }
 
 
@@ -76,7 +77,7 @@ def _splits(tiny_root, tmp_path, model="SASRec", **extra):
     return splits["last"], splits["all"]
 
 
-@pytest.mark.parametrize("model_name", ["SASRec", "LRURec"])
+@pytest.mark.parametrize("model_name", ["SASRec", "LRURec", "GRU4Rec"])
 def test_all_positions_loss_is_the_mean_of_the_prefix_losses(
     tiny_root, tmp_path, model_name
 ):
@@ -231,7 +232,6 @@ def test_same_seed_gives_the_same_training_loss_and_metrics(tiny_root, tmp_path)
             {"train_positions": "every"},
             "train_positions must be one of last, all; got 'every'",
         ),
-        ("GRU4Rec", {}, "train_positions=all is not supported by GRU4Rec yet"),
         ("NextItNet", {}, "train_positions=all is not supported by NextItNet yet"),
         ("UniSRec", {}, "train_positions=all is not supported by UniSRec yet"),
         (
