@@ -26,6 +26,16 @@ NO_DROPOUT = {
         {"init_type": "none", "hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0},
     ),
 }
+UNISREC = {
+    "hidden_dropout_prob": 0.0,
+    "attn_dropout_prob": 0.0,
+    "adaptor_dropout_prob": 0.0,
+    "n_heads": 2,
+    "n_exps": 2,
+    "pretrained_path": None,
+}
+for _stage in ("inductive_ft", "transductive_ft"):
+    NO_DROPOUT[f"UniSRec-{_stage}"] = ("UniSRec", dict(UNISREC, train_stage=_stage))
 
 
 def _settings(tiny_root, tmp_path, **extra):
@@ -109,9 +119,21 @@ def test_all_positions_loss_is_the_mean_of_the_prefix_losses(
     _, model_last, _, (train_last, _, _) = _build(
         model_name, tiny_root, tmp_path, **settings
     )
+    _assert_same_losses(
+        model_all,
+        model_last,
+        train_all._dataset.inter_feat,
+        train_last._dataset.inter_feat,
+        lambda model, batch: model.calculate_loss(batch),
+    )
+
+
+def _assert_same_losses(model_all, model_last, rows, prefixes, loss):
+    """On the users whose training history fits in one row: ``loss(model, batch)`` of the all-positions rows equals
+    that of the prefix rows, for all of them and for one user alone (a mean over positions, not over rows).
+    """
     model_last.load_state_dict(model_all.state_dict())
     model_all.eval(), model_last.eval()
-    rows, prefixes = train_all._dataset.inter_feat, train_last._dataset.inter_feat
     max_length = rows["item_id_list"].shape[1]
     # users whose whole training history fits in one row (shorter than the max length)
     short = [
@@ -126,14 +148,13 @@ def test_all_positions_loss_is_the_mean_of_the_prefix_losses(
     # the same predictions are asked for: one per prefix
     assert int((rows[TARGETS] > 0).sum()) == len(prefixes)
     with torch.no_grad():
-        loss_all = model_all.calculate_loss(rows)
-        loss_last = model_last.calculate_loss(prefixes)
-        # and the loss is a mean over positions, not over rows: one user's loss, position by position
+        loss_all = loss(model_all, rows)
+        loss_last = loss(model_last, prefixes)
         first = rows[torch.tensor([0])]
-        per_prefix = model_last.calculate_loss(
-            prefixes[prefixes["user_id"] == int(first["user_id"])]
+        per_prefix = loss(
+            model_last, prefixes[prefixes["user_id"] == int(first["user_id"])]
         )
-        one_row = model_all.calculate_loss(first)
+        one_row = loss(model_all, first)
     torch.testing.assert_close(loss_all, loss_last, rtol=0, atol=1e-5)
     torch.testing.assert_close(one_row, per_prefix, rtol=0, atol=1e-5)
 
@@ -251,13 +272,18 @@ def test_same_seed_gives_the_same_training_loss_and_metrics(tiny_root, tmp_path)
             "train_positions must be one of last, all; got 'every'",
         ),
         ("NextItNet", {}, "train_positions=all is not supported by NextItNet yet"),
-        ("UniSRec", {}, "train_positions=all is not supported by UniSRec yet"),
+        (
+            "UniSRec",
+            {"train_stage": "pretrain"},
+            "train_positions=all is not supported by UniSRec pretrain: its contrastive losses take the other "
+            "sequences of a batch as negatives",
+        ),
+        ("MetaRec", {}, "train_positions=all is not supported by MetaRec yet"),
         (
             "PLMInitBERT4Rec",
             {"init_type": "none"},
             "train_positions=all is not supported by PLMInitBERT4Rec: BERT4Rec's attention is bidirectional",
         ),
-        ("MetaRec", {}, "train_positions=all is not supported by MetaRec yet"),
         ("PeterRec", {}, "train_positions=all is not supported by PeterRec yet"),
         (
             "SASRec",
