@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAST
+from conftest import FAST, METAREC_SOURCES
 
 from recbole_transfer.errors import UserInputError
 
@@ -159,6 +159,57 @@ def _assert_same_losses(model_all, model_last, rows, prefixes, loss):
     torch.testing.assert_close(one_row, per_prefix, rtol=0, atol=1e-5)
 
 
+def test_metarec_target_and_source_losses_are_the_means_of_the_prefix_losses(
+    metarec_root, tmp_path
+):
+    from recbole_transfer.model.metarec import TARGET_DOMAIN
+
+    settings = dict(
+        source_datasets=METAREC_SOURCES,
+        vq_heads=4,
+        dropout_prob=0.0,
+        meta_tasks=2,
+        source_batch_size=32,
+    )
+    _, model_all, trainer, (train_all, _, _) = _build(
+        "MetaRec", metarec_root, tmp_path, train_positions="all", **settings
+    )
+    _, model_last, _, (train_last, _, _) = _build(
+        "MetaRec", metarec_root, tmp_path, **settings
+    )
+    _assert_same_losses(
+        model_all,
+        model_last,
+        train_all._dataset.inter_feat,
+        train_last._dataset.inter_feat,
+        lambda model, batch: model.domain_loss(batch, TARGET_DOMAIN),
+    )
+    sources_all, sources_last = train_all._dataset.sources, train_last._dataset.sources
+    max_length = model_all.max_seq_length
+    for domain, (ours, theirs) in enumerate(zip(sources_all, sources_last), start=1):
+        rows, prefixes = ours.interaction, theirs.interaction
+        # a source is training data only: every prefix of every whole history is predicted, once
+        assert int((rows[TARGETS] > 0).sum()) == len(prefixes)
+        assert int(rows["item_length"].max()) <= max_length
+        if int(prefixes["item_length"].max()) < max_length:
+            # no history is cut into windows: the source loss (CE + L_vq) is the mean of the prefix losses
+            with torch.no_grad():
+                torch.testing.assert_close(
+                    model_all.domain_loss(rows, domain),
+                    model_last.domain_loss(prefixes, domain),
+                    rtol=0,
+                    atol=1e-5,
+                )
+            compared = ours.name
+    assert compared == "Pantry"
+    # the bi-level trainer runs on these rows: target batches and source batches alike
+    model_all.train()
+    before = model_all.source_item_embedding[0].weight.detach().clone()
+    loss = trainer._train_epoch(train_all, 0, show_progress=False)
+    assert np.isfinite(float(loss))
+    assert not torch.equal(before, model_all.source_item_embedding[0].weight)
+
+
 def test_training_rows_hold_training_items_only_and_evaluation_is_unchanged(
     tiny_root, tmp_path
 ):
@@ -278,7 +329,6 @@ def test_same_seed_gives_the_same_training_loss_and_metrics(tiny_root, tmp_path)
             "train_positions=all is not supported by UniSRec pretrain: its contrastive losses take the other "
             "sequences of a batch as negatives",
         ),
-        ("MetaRec", {}, "train_positions=all is not supported by MetaRec yet"),
         (
             "PLMInitBERT4Rec",
             {"init_type": "none"},
