@@ -120,6 +120,11 @@ _ALL_POSITIONS_STOCK = {
     "SASRec": "recbole_transfer.model.positions:AllPositionsSASRec",
     "GRU4Rec": "recbole_transfer.model.positions:AllPositionsGRU4Rec",
 }
+# stock RecBole models that cannot, and why (one line each)
+_ALL_POSITIONS_REFUSED = {
+    "NextItNet": "RecBole's NextItNet scores from the last column of each padded row, not from the history's newest "
+    "item, so no position of a one-pass history gives a prefix's prediction",
+}
 
 
 def get_model_class(name, train_positions="last", train_stage=None):
@@ -129,6 +134,10 @@ def get_model_class(name, train_positions="last", train_stage=None):
     name = resolve_model_name(name)
     if train_positions == "all" and name in _ALL_POSITIONS_STOCK:
         return _load(_ALL_POSITIONS_STOCK[name])
+    if train_positions == "all" and name in _ALL_POSITIONS_REFUSED:
+        raise UserInputError(
+            f"train_positions=all is not supported by {name}: {_ALL_POSITIONS_REFUSED[name]}"
+        )
     if name in _PLUGIN_MODELS:
         model_class = _load(_PLUGIN_MODELS[name][0])
     else:

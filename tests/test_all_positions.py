@@ -322,7 +322,11 @@ def test_same_seed_gives_the_same_training_loss_and_metrics(tiny_root, tmp_path)
             {"train_positions": "every"},
             "train_positions must be one of last, all; got 'every'",
         ),
-        ("NextItNet", {}, "train_positions=all is not supported by NextItNet yet"),
+        (
+            "NextItNet",
+            {},
+            "train_positions=all is not supported by NextItNet: RecBole's NextItNet scores from the last column",
+        ),
         (
             "UniSRec",
             {"train_stage": "pretrain"},
@@ -334,7 +338,17 @@ def test_same_seed_gives_the_same_training_loss_and_metrics(tiny_root, tmp_path)
             {"init_type": "none"},
             "train_positions=all is not supported by PLMInitBERT4Rec: BERT4Rec's attention is bidirectional",
         ),
-        ("PeterRec", {}, "train_positions=all is not supported by PeterRec yet"),
+        (
+            "PeterRec",
+            {"train_stage": "pretrain"},
+            "train_positions=all is not supported by PeterRec pretrain: its histories are right-aligned",
+        ),
+        (
+            "PeterRec",
+            {"train_stage": "finetune"},
+            "train_positions=all is not supported by PeterRec finetune: fine-tuning predicts one label per row",
+        ),
+        ("Caser", {}, "train_positions=all is not supported by Caser yet"),
         (
             "SASRec",
             {"loss_type": "BPR", "train_neg_sample_args": {"distribution": "uniform"}},
