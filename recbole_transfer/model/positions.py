@@ -28,10 +28,6 @@ def all_positions_refusal(model_class, train_stage=None):
     return declared or ""
 
 
-def supports_all_positions(model_class, train_stage=None):
-    return all_positions_refusal(model_class, train_stage) is None
-
-
 def all_positions_cross_entropy(hidden, targets, score):
     """Mean cross-entropy over the real positions of ``hidden`` [B, L, d] (``targets`` [B, L], 0 = padding);
     ``score`` maps selected hidden states [N, d] to logits over all items [N, n_items]. Only the real positions
