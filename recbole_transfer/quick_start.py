@@ -81,7 +81,9 @@ def _build(config):
     logger.info(sys.argv)
     logger.info(config)
     # before the data is read: a model that cannot train this way fails at once
-    model_class = registry.get_model_class(config["model"], train_positions(config))
+    model_class = registry.get_model_class(
+        config["model"], train_positions(config), config["train_stage"]
+    )
 
     data = create_dataset(config)
     logger.info(data)
@@ -245,7 +247,9 @@ def load_data_and_model(model_file, dataset=None, config_dict=None):
     """
     checkpoint = load_checkpoint(model_file, what="checkpoint")
     saved = checkpoint["config"]
-    model_class = registry.get_model_class(saved["model"], train_positions(saved))
+    model_class = registry.get_model_class(
+        saved["model"], train_positions(saved), saved.get("train_stage")
+    )
     other_domain = dataset is not None and dataset != saved["dataset"]
     if other_domain and not hasattr(model_class, "TRANSFERABLE"):
         raise UserInputError(

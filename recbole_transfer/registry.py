@@ -116,16 +116,28 @@ def is_plugin_model(name):
 
 
 # stock RecBole models that train on all positions (``train_positions: all``) through a plugin subclass
-_ALL_POSITIONS_STOCK = {"SASRec": "recbole_transfer.model.positions:AllPositionsSASRec"}
+_ALL_POSITIONS_STOCK = {
+    "SASRec": "recbole_transfer.model.positions:AllPositionsSASRec",
+    "GRU4Rec": "recbole_transfer.model.positions:AllPositionsGRU4Rec",
+}
+# stock RecBole models that cannot, and why (one line each)
+_ALL_POSITIONS_REFUSED = {
+    "NextItNet": "RecBole's NextItNet scores from the last column of each padded row, not from the history's newest "
+    "item, so no position of a one-pass history gives a prefix's prediction",
+}
 
 
-def get_model_class(name, train_positions="last"):
+def get_model_class(name, train_positions="last", train_stage=None):
     """The model class of ``name``; with ``train_positions`` ``all`` the class that trains on all positions of a
-    history (a stock model's plugin subclass), or an error naming the model when it has none yet.
+    history (a stock model's plugin subclass), or an error naming the model (and ``train_stage``) and why not.
     """
     name = resolve_model_name(name)
     if train_positions == "all" and name in _ALL_POSITIONS_STOCK:
         return _load(_ALL_POSITIONS_STOCK[name])
+    if train_positions == "all" and name in _ALL_POSITIONS_REFUSED:
+        raise UserInputError(
+            f"train_positions=all is not supported by {name}: {_ALL_POSITIONS_REFUSED[name]}"
+        )
     if name in _PLUGIN_MODELS:
         model_class = _load(_PLUGIN_MODELS[name][0])
     else:
@@ -133,10 +145,16 @@ def get_model_class(name, train_positions="last"):
 
         model_class = get_model(name)
     if train_positions == "all":
-        from recbole_transfer.model.positions import supports_all_positions
+        from recbole_transfer.model.positions import all_positions_refusal
 
-        if not supports_all_positions(model_class):
-            raise UserInputError(f"train_positions=all is not supported by {name} yet")
+        reason = all_positions_refusal(model_class, train_stage)
+        if reason is not None:
+            staged = isinstance(vars(model_class).get("all_positions"), dict)
+            stage = f" {train_stage}" if staged else ""
+            raise UserInputError(
+                f"train_positions=all is not supported by {name}{stage}"
+                + (f": {reason}" if reason else " yet")
+            )
     return model_class
 
 

@@ -10,15 +10,32 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAST
+from conftest import FAST, METAREC_SOURCES
 
 from recbole_transfer.errors import UserInputError
 
 TARGETS = "item_id_target_list"
+# the equivalence cases: model name and its settings with dropout off
 NO_DROPOUT = {
-    "SASRec": {"hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0},
-    "LRURec": {"dropout_prob": 0.0},
+    "SASRec": ("SASRec", {"hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0}),
+    "LRURec": ("LRURec", {"dropout_prob": 0.0}),
+    "GRU4Rec": ("GRU4Rec", {"dropout_prob": 0.0}),
+    # a random, frozen item table (embedding_mode freeze): no text encoder to run
+    "PLMInitSASRec": (
+        "PLMInitSASRec",
+        {"init_type": "none", "hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0},
+    ),
 }
+UNISREC = {
+    "hidden_dropout_prob": 0.0,
+    "attn_dropout_prob": 0.0,
+    "adaptor_dropout_prob": 0.0,
+    "n_heads": 2,
+    "n_exps": 2,
+    "pretrained_path": None,
+}
+for _stage in ("inductive_ft", "transductive_ft"):
+    NO_DROPOUT[f"UniSRec-{_stage}"] = ("UniSRec", dict(UNISREC, train_stage=_stage))
 
 
 def _settings(tiny_root, tmp_path, **extra):
@@ -76,23 +93,47 @@ def _splits(tiny_root, tmp_path, model="SASRec", **extra):
     return splits["last"], splits["all"]
 
 
-@pytest.mark.parametrize("model_name", ["SASRec", "LRURec"])
+def _random_text_vectors(dataset, word_drop_ratio=0.0, seed=None):
+    """Seeded stand-ins for the encoded item texts: the loss maths does not depend on what the vectors hold, and no
+    text encoder has to run."""
+    generator = torch.Generator().manual_seed(0)
+    vectors = torch.randn(len(dataset.item_texts), 24, generator=generator)
+    vectors[0] = 0  # the padding item
+    return vectors
+
+
+@pytest.mark.parametrize("case", list(NO_DROPOUT))
 def test_all_positions_loss_is_the_mean_of_the_prefix_losses(
-    tiny_root, tmp_path, model_name
+    tiny_root, tmp_path, monkeypatch, case
 ):
+    from recbole_transfer.data.dataset import TextSequentialDataset
+
+    monkeypatch.setattr(
+        TextSequentialDataset, "encode_item_texts", _random_text_vectors
+    )
+    model_name, settings = NO_DROPOUT[case]
     _, model_all, _, (train_all, _, _) = _build(
-        model_name,
-        tiny_root,
-        tmp_path,
-        train_positions="all",
-        **NO_DROPOUT[model_name],
+        model_name, tiny_root, tmp_path, train_positions="all", **settings
     )
+    assert type(model_all).all_positions
     _, model_last, _, (train_last, _, _) = _build(
-        model_name, tiny_root, tmp_path, **NO_DROPOUT[model_name]
+        model_name, tiny_root, tmp_path, **settings
     )
+    _assert_same_losses(
+        model_all,
+        model_last,
+        train_all._dataset.inter_feat,
+        train_last._dataset.inter_feat,
+        lambda model, batch: model.calculate_loss(batch),
+    )
+
+
+def _assert_same_losses(model_all, model_last, rows, prefixes, loss):
+    """On the users whose training history fits in one row: ``loss(model, batch)`` of the all-positions rows equals
+    that of the prefix rows, for all of them and for one user alone (a mean over positions, not over rows).
+    """
     model_last.load_state_dict(model_all.state_dict())
     model_all.eval(), model_last.eval()
-    rows, prefixes = train_all._dataset.inter_feat, train_last._dataset.inter_feat
     max_length = rows["item_id_list"].shape[1]
     # users whose whole training history fits in one row (shorter than the max length)
     short = [
@@ -107,16 +148,66 @@ def test_all_positions_loss_is_the_mean_of_the_prefix_losses(
     # the same predictions are asked for: one per prefix
     assert int((rows[TARGETS] > 0).sum()) == len(prefixes)
     with torch.no_grad():
-        loss_all = model_all.calculate_loss(rows)
-        loss_last = model_last.calculate_loss(prefixes)
-        # and the loss is a mean over positions, not over rows: one user's loss, position by position
+        loss_all = loss(model_all, rows)
+        loss_last = loss(model_last, prefixes)
         first = rows[torch.tensor([0])]
-        per_prefix = model_last.calculate_loss(
-            prefixes[prefixes["user_id"] == int(first["user_id"])]
+        per_prefix = loss(
+            model_last, prefixes[prefixes["user_id"] == int(first["user_id"])]
         )
-        one_row = model_all.calculate_loss(first)
+        one_row = loss(model_all, first)
     torch.testing.assert_close(loss_all, loss_last, rtol=0, atol=1e-5)
     torch.testing.assert_close(one_row, per_prefix, rtol=0, atol=1e-5)
+
+
+def test_metarec_target_and_source_losses_are_the_means_of_the_prefix_losses(
+    metarec_root, tmp_path
+):
+    from recbole_transfer.model.metarec import TARGET_DOMAIN
+
+    settings = dict(
+        source_datasets=METAREC_SOURCES,
+        vq_heads=4,
+        dropout_prob=0.0,
+        meta_tasks=2,
+        source_batch_size=32,
+    )
+    _, model_all, trainer, (train_all, _, _) = _build(
+        "MetaRec", metarec_root, tmp_path, train_positions="all", **settings
+    )
+    _, model_last, _, (train_last, _, _) = _build(
+        "MetaRec", metarec_root, tmp_path, **settings
+    )
+    _assert_same_losses(
+        model_all,
+        model_last,
+        train_all._dataset.inter_feat,
+        train_last._dataset.inter_feat,
+        lambda model, batch: model.domain_loss(batch, TARGET_DOMAIN),
+    )
+    sources_all, sources_last = train_all._dataset.sources, train_last._dataset.sources
+    max_length = model_all.max_seq_length
+    for domain, (ours, theirs) in enumerate(zip(sources_all, sources_last), start=1):
+        rows, prefixes = ours.interaction, theirs.interaction
+        # a source is training data only: every prefix of every whole history is predicted, once
+        assert int((rows[TARGETS] > 0).sum()) == len(prefixes)
+        assert int(rows["item_length"].max()) <= max_length
+        if int(prefixes["item_length"].max()) < max_length:
+            # no history is cut into windows: the source loss (CE + L_vq) is the mean of the prefix losses
+            with torch.no_grad():
+                torch.testing.assert_close(
+                    model_all.domain_loss(rows, domain),
+                    model_last.domain_loss(prefixes, domain),
+                    rtol=0,
+                    atol=1e-5,
+                )
+            compared = ours.name
+    assert compared == "Pantry"
+    # the bi-level trainer runs on these rows: target batches and source batches alike
+    model_all.train()
+    before = model_all.source_item_embedding[0].weight.detach().clone()
+    loss = trainer._train_epoch(train_all, 0, show_progress=False)
+    assert np.isfinite(float(loss))
+    assert not torch.equal(before, model_all.source_item_embedding[0].weight)
 
 
 def test_training_rows_hold_training_items_only_and_evaluation_is_unchanged(
@@ -231,16 +322,33 @@ def test_same_seed_gives_the_same_training_loss_and_metrics(tiny_root, tmp_path)
             {"train_positions": "every"},
             "train_positions must be one of last, all; got 'every'",
         ),
-        ("GRU4Rec", {}, "train_positions=all is not supported by GRU4Rec yet"),
-        ("NextItNet", {}, "train_positions=all is not supported by NextItNet yet"),
-        ("UniSRec", {}, "train_positions=all is not supported by UniSRec yet"),
         (
-            "PLMInitSASRec",
+            "NextItNet",
             {},
-            "train_positions=all is not supported by PLMInitSASRec yet",
+            "train_positions=all is not supported by NextItNet: RecBole's NextItNet scores from the last column",
         ),
-        ("MetaRec", {}, "train_positions=all is not supported by MetaRec yet"),
-        ("PeterRec", {}, "train_positions=all is not supported by PeterRec yet"),
+        (
+            "UniSRec",
+            {"train_stage": "pretrain"},
+            "train_positions=all is not supported by UniSRec pretrain: its contrastive losses take the other "
+            "sequences of a batch as negatives",
+        ),
+        (
+            "PLMInitBERT4Rec",
+            {"init_type": "none"},
+            "train_positions=all is not supported by PLMInitBERT4Rec: BERT4Rec's attention is bidirectional",
+        ),
+        (
+            "PeterRec",
+            {"train_stage": "pretrain"},
+            "train_positions=all is not supported by PeterRec pretrain: its histories are right-aligned",
+        ),
+        (
+            "PeterRec",
+            {"train_stage": "finetune"},
+            "train_positions=all is not supported by PeterRec finetune: fine-tuning predicts one label per row",
+        ),
+        ("Caser", {}, "train_positions=all is not supported by Caser yet"),
         (
             "SASRec",
             {"loss_type": "BPR", "train_neg_sample_args": {"distribution": "uniform"}},

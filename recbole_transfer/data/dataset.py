@@ -23,6 +23,7 @@ from recbole.utils import FeatureSource, FeatureType, set_color
 
 from recbole_transfer.data import text
 from recbole_transfer.data.folders import config_for_dataset, dataset_folder
+from recbole_transfer.data.positions import dataset_history_rows, train_positions
 from recbole_transfer.errors import UserInputError
 from recbole_transfer.plm import encoder_item_max_length, init_encoder_name
 from recbole_transfer.utils import dataset_names
@@ -263,6 +264,8 @@ class MetaRecDataset(SequentialDataset):
     """The target dataset (RecBole's splits, evaluation and loaders as usual) plus ``self.sources``: one
     ``SourceDomain`` per ``source_datasets`` entry, read with the target's settings, holding every prefix of every
     user's sequence (item_id_list, item_length, item_id; a source is training data only) and its own item ids.
+    With ``train_positions: all`` a source holds all-positions rows over each user's whole history instead
+    (``data.positions``), as the target's training split does.
     """
 
     def __init__(self, config):
@@ -276,6 +279,10 @@ class MetaRecDataset(SequentialDataset):
 
     def _load_source(self, name):
         source = SequentialDataset(config_for_dataset(self.config, name))
+        if train_positions(self.config) == "all":
+            interaction = Interaction(dataset_history_rows(source))
+            self._log_source(name, interaction, source)
+            return SourceDomain(name, interaction, source.item_num)
         fields = [
             self.config["ITEM_ID_FIELD"] + self.config["LIST_SUFFIX"],
             self.config["ITEM_LIST_LENGTH_FIELD"],
@@ -286,11 +293,14 @@ class MetaRecDataset(SequentialDataset):
         interaction = Interaction(
             {field: torch.cat([part[field] for part in parts]) for field in fields}
         )
+        self._log_source(name, interaction, source)
+        return SourceDomain(name, interaction, source.item_num)
+
+    def _log_source(self, name, interaction, source):
         self.logger.info(
             set_color("source", "green") + f" {name}: {len(interaction)} sequences, "
             f"{source.item_num - 1} items"
         )
-        return SourceDomain(name, interaction, source.item_num)
 
 
 def read_atomic(path, columns):

@@ -111,6 +111,46 @@ def history_windows(user_start, train_length, width):
     return row_user, input_start, input_length
 
 
+def history_rows(items, length, width, config, users=None):
+    """All-positions rows (fields named by ``config``) over flat histories: history u is ``items[start_u : start_u
+    + length[u]]``, one after the other. With ``users`` (one id per history) the rows carry the user field.
+    """
+    length = torch.as_tensor(length).numpy()
+    user_start = np.cumsum(length) - length
+    row_user, start, input_length = history_windows(user_start, length, width)
+    last = torch.from_numpy(start + input_length)
+    item = config["ITEM_ID_FIELD"]
+    rows = {}
+    if users is not None:
+        rows[config["USER_ID_FIELD"]] = users[torch.from_numpy(row_user)]
+    rows |= {
+        item: items[last] if len(last) else items[:0],
+        item + config["LIST_SUFFIX"]: _gather_rows(items, start, input_length, width),
+        config["ITEM_LIST_LENGTH_FIELD"]: torch.from_numpy(input_length),
+        target_list_field(config): _gather_rows(items, start + 1, input_length, width),
+    }
+    return rows
+
+
+def dataset_history_rows(dataset):
+    """All-positions rows over every user's whole history in ``dataset`` (a Dataset read but not built: its
+    interactions still a DataFrame), for data that is training data only (e.g. a source domain).
+    """
+    uid, iid = dataset.uid_field, dataset.iid_field
+    # stable, as RecBole's build orders histories: by user, then time, ties in file order
+    feat = dataset.inter_feat.sort_values(by=[uid, dataset.time_field], kind="stable")
+    users = feat[uid].to_numpy()
+    n = len(users)
+    new_user = np.r_[True, users[1:] != users[:-1]] if n else np.zeros(0, bool)
+    length = np.diff(np.r_[np.flatnonzero(new_user), n])
+    return history_rows(
+        torch.as_tensor(feat[iid].to_numpy()),
+        length,
+        dataset.config["MAX_ITEM_LIST_LENGTH"],
+        dataset.config,
+    )
+
+
 class AllPositionsDataset:
     """Mixin over a SequentialDataset class: RecBole's prefix rows for validation and test only, one row per user
     history (windows) for training. Built through ``all_positions_dataset``."""
@@ -185,23 +225,14 @@ class AllPositionsDataset:
     def all_positions_rows(self):
         """The training split: one row per window of each user's training history."""
         history = self.train_history
-        length = history["length"].numpy()
-        user_start = np.cumsum(length) - length
-        row_user, start, input_length = history_windows(
-            user_start, length, self.max_item_list_len
-        )
-        items = history["items"]
-        inputs = _gather_rows(items, start, input_length, self.max_item_list_len)
-        targets = _gather_rows(items, start + 1, input_length, self.max_item_list_len)
-        last = torch.from_numpy(start + input_length)
         return Interaction(
-            {
-                self.uid_field: history["user"][torch.from_numpy(row_user)],
-                self.iid_field: items[last] if len(last) else items[:0],
-                self.item_id_list_field: inputs,
-                self.item_list_length_field: torch.from_numpy(input_length),
-                self.target_list_field: targets,
-            }
+            history_rows(
+                history["items"],
+                history["length"],
+                self.max_item_list_len,
+                self.config,
+                users=history["user"],
+            )
         )
 
     def leave_one_out(self, group_by, leave_one_mode):

@@ -11,6 +11,10 @@ VectorQuantizer``, Eq. 2), so sources speak in target-item codewords; the straig
 L_vq (Eq. 3, ``vq_loss``) trains the codewords. Target items are their own codewords (quantizing the codebook onto
 itself is the identity), so the target path is plain LRURec and serving costs the same. Loss per domain: CE + L_vq
 (Eq. 9).
+Like LRURec it trains on all positions of a history with ``train_positions: all``: the target's training split and
+every source (``data.dataset.MetaRecDataset``; a source: each user's whole history) hold all-positions rows, and each
+domain's CE covers every real position (L_vq reads the same items: a row's inputs and its last target hold all of
+its targets).
 
 The bi-level updates live in ``trainer.meta.MetaTrainer``; data in ``data.dataset.MetaRecDataset``.
 ``vq_heads``: 0 = no VQ (ablation), 1 = single-head VQ (ablation), H = H heads.
@@ -22,6 +26,7 @@ import torch.nn.functional as F
 
 from recbole_transfer.model.layers import VectorQuantizer
 from recbole_transfer.model.lrurec import LRURec
+from recbole_transfer.model.positions import all_positions_cross_entropy
 
 TARGET_DOMAIN = (
     0  # domain index of the target; sources are 1..M in source_datasets order
@@ -39,6 +44,7 @@ def vq_loss(z_e, quantized):
 
 
 class MetaRec(LRURec):
+    all_positions = True  # the LRURec body is causal in every domain
     yaml_bases = ("LRURec",)
     default_sources = (
         "all"  # ID only: every dataset of the target's family can be a source
@@ -98,8 +104,19 @@ class MetaRec(LRURec):
             return self.calculate_loss(interaction)
         item_seq, pos_items = interaction[self.ITEM_SEQ], interaction[self.POS_ITEM_ID]
         table, vq_loss = self.source_table(domain, item_seq, pos_items)
+        bias = self.source_output_bias[domain - 1]
+        if self.TARGET_ITEM_SEQ in interaction:  # train_positions=all
+            hidden = self.hidden_states(F.embedding(item_seq, table))
+            return (
+                all_positions_cross_entropy(
+                    hidden,
+                    interaction[self.TARGET_ITEM_SEQ],
+                    lambda h: self.scores(h, table, bias),
+                )
+                + vq_loss
+            )
         seq_output = self.encode(
             F.embedding(item_seq, table), interaction[self.ITEM_SEQ_LEN]
         )
-        logits = self.scores(seq_output, table, self.source_output_bias[domain - 1])
+        logits = self.scores(seq_output, table, bias)
         return self.loss_fct(logits, pos_items) + vq_loss

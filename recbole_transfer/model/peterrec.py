@@ -128,6 +128,13 @@ def right_align(item_seq, item_seq_len):
 
 class PeterRec(SequentialRecommender):
     STAGES = ("pretrain", "finetune")
+    all_positions = {
+        # the padding states (non-zero after a block) before a right-aligned prefix shape its output
+        "pretrain": "its histories are right-aligned and the padding before a prefix changes the prefix's output, "
+        "so one pass over a history does not give each prefix's prediction",
+        "finetune": "fine-tuning predicts one label per row from the source history, not the next item at each "
+        "position",
+    }
     MODES = (
         "peterrec",
         "fine_all",

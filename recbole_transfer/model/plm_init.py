@@ -27,6 +27,7 @@ from recbole.model.sequential_recommender import BERT4Rec, SASRec
 
 from recbole_transfer import plm
 from recbole_transfer.errors import UserInputError
+from recbole_transfer.model.positions import EveryPositionOutput
 from recbole_transfer.plm import TUNING_INFO, PLMInitError, read_tuning_info
 from recbole_transfer.utils import (
     atomic_folder,
@@ -307,8 +308,11 @@ def _checkpoint_path(config):
     return found
 
 
-class PLMInitSASRec(PLMItemInit, SASRec):
-    """Stock SASRec; the item table starts from PLM item vectors (see the module docstring)."""
+class PLMInitSASRec(PLMItemInit, EveryPositionOutput, SASRec):
+    """Stock SASRec; the item table starts from PLM item vectors (see the module docstring). Causal like SASRec, so
+    it also trains on all-positions rows (``train_positions: all``)."""
+
+    all_positions = True
 
     def __init__(self, config, dataset):
         config["hidden_size"] = self.resolve_hidden_size(config, dataset)
@@ -319,6 +323,11 @@ class PLMInitSASRec(PLMItemInit, SASRec):
 class PLMInitBERT4Rec(PLMItemInit, BERT4Rec):
     """Stock BERT4Rec; the item rows of its table start from PLM item vectors, the mask token row stays random
     (and is frozen with the table in freeze mode)."""
+
+    all_positions = (
+        "BERT4Rec's attention is bidirectional, so the output at a position reads the items after it "
+        "(use PLMInitSASRec)"
+    )
 
     def __init__(self, config, dataset):
         config["hidden_size"] = self.resolve_hidden_size(config, dataset)

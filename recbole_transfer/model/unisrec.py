@@ -16,6 +16,11 @@ train only the adaptor (+ ID table), as in the paper.
 The adaptor depends only on the item, so each step adapts every distinct item once and gathers rows for the
 sequences (the reference code adapts every position). Same maths, except that adaptor dropout and gate noise are
 shared by all occurrences of an item within one step.
+
+The Transformer is causal, so the fine-tuning stages also train on all-positions rows (``train_positions: all``,
+``model.positions``): the cosine CE at every real position. Pretraining does not: its two losses (Eq. 8-9 of the
+paper) take the other instances of a batch as negatives, so the prefixes of one history would be each other's
+negatives, and the sequence-sequence views (item drop) are of whole sequences, not of positions.
 """
 
 import os
@@ -28,8 +33,10 @@ from recbole.model.layers import TransformerEncoder
 
 from recbole_transfer import compat
 from recbole_transfer.data.augment import item_drop
+from recbole_transfer.data.positions import target_list_field
 from recbole_transfer.errors import UserInputError
 from recbole_transfer.model.layers import MoEAdaptor, length_buckets
+from recbole_transfer.model.positions import all_positions_cross_entropy
 from recbole_transfer.utils import find_path, input_stage, is_unset, load_checkpoint
 
 
@@ -82,6 +89,12 @@ class UniSRec(SequentialRecommender):
     # on a domain it was not trained on, a checkpoint scores from text only (its ID table is of its own items)
     other_domain_settings = {"train_stage": "inductive_ft"}
     STAGES = ("pretrain", "inductive_ft", "transductive_ft")
+    all_positions = {
+        "inductive_ft": True,
+        "transductive_ft": True,
+        "pretrain": "its contrastive losses take the other sequences of a batch as negatives (KDD 2022, Eq. 8-9), "
+        "so the prefixes of one history would be each other's negatives; pretrain with train_positions=last",
+    }
     # weights that transfer between stages and domains (the text tables and the ID table do not)
     TRANSFERABLE = ("position_embedding", "LayerNorm", "trm_encoder", "moe_adaptor")
     # the "universal sequence representation" part, frozen while fine-tuning from a pretrained checkpoint
@@ -206,6 +219,7 @@ class UniSRec(SequentialRecommender):
         self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=self.layer_norm_eps)
         self.dropout = nn.Dropout(self.hidden_dropout_prob)
         self.loss_fct = nn.CrossEntropyLoss()
+        self.TARGET_ITEM_SEQ = target_list_field(config)
 
         # parameters initialization
         self.apply(self._init_weights)
@@ -290,21 +304,31 @@ class UniSRec(SequentialRecommender):
             return text_table, text_table
         return text_table, text_table + self.item_embedding.weight
 
-    def forward(self, item_seq, item_seq_len, table, rows=None):
-        """Sequence vectors [B, hidden]. Position j of sequence i reads ``table[rows[i, j]]`` (adapted text vectors;
-        ``rows`` defaults to ``item_seq``). Rows are encoded in length buckets (``length_buckets``).
+    def forward(self, item_seq, item_seq_len, table, rows=None, every_position=False):
+        """Sequence vectors [B, hidden] (``every_position``: [B, L, hidden], the vector of every prefix; what lies
+        past a row's length means nothing). Position j of sequence i reads ``table[rows[i, j]]`` (adapted text vectors; ``rows``
+        defaults to ``item_seq``). Rows are encoded in length buckets (``length_buckets``).
         """
         rows = item_seq if rows is None else rows
+        max_len = item_seq.shape[1]
         order, outputs = [], []
-        for bucket, width in length_buckets(item_seq_len, item_seq.shape[1]):
-            seq = item_seq[bucket, :width]
-            outputs.append(
-                self._encode(seq, item_seq_len[bucket], table[rows[bucket, :width]])
+        for bucket, width in length_buckets(item_seq_len, max_len):
+            output = self._encode(
+                item_seq[bucket, :width],
+                item_seq_len[bucket],
+                table[rows[bucket, :width]],
+                every_position,
             )
+            if every_position:
+                # causal attention: a bucket's narrower width changes no output at the positions it keeps
+                output = F.pad(output, (0, 0, 0, max_len - width))
+            outputs.append(output)
             order.append(bucket)
         return torch.cat(outputs)[torch.argsort(torch.cat(order))]
 
-    def _encode(self, item_seq, item_seq_len, item_emb):
+    def _encode(self, item_seq, item_seq_len, item_emb, every_position=False):
+        """The Transformer output at each row's newest item [B, hidden] (``every_position``: at every position,
+        [B, L, hidden])."""
         position_ids = (
             torch.arange(item_seq.shape[1], device=item_seq.device)
             .unsqueeze(0)
@@ -318,6 +342,8 @@ class UniSRec(SequentialRecommender):
         output = self.trm_encoder(
             input_emb, extended_attention_mask, output_all_encoded_layers=True
         )[-1]
+        if every_position:
+            return output
         return self.gather_indexes(output, item_seq_len - 1)
 
     # --- losses -------------------------------------------------------------------------------------------------
@@ -378,8 +404,26 @@ class UniSRec(SequentialRecommender):
     def calculate_loss(self, interaction):
         if self.train_stage == "pretrain":
             return self.pretrain_loss(interaction)
+        if self.TARGET_ITEM_SEQ in interaction:
+            return self.all_positions_loss(interaction)
         logits = self.full_sort_predict(interaction) / self.temperature
         return self.loss_fct(logits, interaction[self.POS_ITEM_ID])
+
+    def all_positions_loss(self, interaction):
+        """Fine-tuning's cosine CE at every real position of all-positions rows (``train_positions: all``)."""
+        text_table, item_table = self.item_tables()
+        hidden = self.forward(
+            interaction[self.ITEM_SEQ],
+            interaction[self.ITEM_SEQ_LEN],
+            text_table,
+            every_position=True,
+        )
+        items = F.normalize(item_table, dim=-1)
+        return all_positions_cross_entropy(
+            hidden,
+            interaction[self.TARGET_ITEM_SEQ],
+            lambda h: F.normalize(h, dim=-1) @ items.T / self.temperature,
+        )
 
     # --- scoring ------------------------------------------------------------------------------------------------
     def predict(self, interaction):
