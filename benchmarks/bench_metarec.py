@@ -18,10 +18,15 @@ start of training; ``--grid`` repeats it (same data, same initial weights) for e
         --source_datasets="['Tools','Toys','Sports']" --MAX_ITEM_LIST_LENGTH=20 \\
         [--iterations=6] [--grid="inner_lr=0.1,1,10 inner_steps=1,3"]
 
-Seconds per iteration of MetaRec and of joint training on the same batches, in one process (``--timing=N``
-iterations each, after one warm-up iteration):
+Seconds per iteration of MetaRec and of joint training on the same batches, in one process, alternating
+(``--timing=N`` iterations each, after one warm-up iteration), and the codeword search's share; ``--grid`` as above:
 
-    python benchmarks/bench_metarec.py --timing=20 --dataset=Scientific [--key=value ...]
+    python benchmarks/bench_metarec.py --timing=20 --dataset=Scientific [--grid="vq_refresh_steps=0,10"]
+
+How many source-item codes change from one iteration to the next (and over 5 and 10), and between inner steps,
+while MetaRec trains (``--code_changes=N`` iterations):
+
+    python benchmarks/bench_metarec.py --code_changes=30 --dataset=Scientific [--key=value ...]
 """
 
 import argparse
@@ -128,30 +133,90 @@ def run_diagnosis(dataset, overrides, iterations, grid):
     print("\n".join(rows))
 
 
-def run_timing(dataset, overrides, iterations):
-    """Median seconds per iteration of MetaRec and of joint training over the same target batches."""
+def run_timing(dataset, overrides, iterations, grid):
+    """Median seconds per iteration of MetaRec and of joint training over the same target batches, the two
+    alternating iteration by iteration (so that a change in the machine's load reaches both), and the seconds of
+    the codeword search (``VectorQuantizer.codes``) inside each, per setting of ``grid``.
+    """
     from recbole_transfer.quick_start import build
 
     config, _, _, (train, _, _) = build(
         "MetaRec", dataset, config_dict=dict(QUIET, **overrides)
     )
-    seconds = {}
-    for transfer in ("meta", "joint"):
-        model, trainer = rebuild(config, train, {"transfer": transfer})
-        step = trainer.meta_step if transfer == "meta" else trainer.joint_step
-        sources, loader, times = train._dataset.sources, iter(train), []
-        model.train()
-        for _ in range(iterations + 1):
-            batches = [next(loader).to(trainer.device) for _ in range(trainer.n_tasks)]
-            domains = trainer._sample_domains(len(sources))
-            start = time.perf_counter()
-            step(batches, domains, sources)
-            times.append(time.perf_counter() - start)
-        seconds[transfer] = statistics.median(times[1:])
+    rows = []
+    for settings in parse_grid(grid):
+        runs = {}
+        for transfer in ("meta", "joint"):
+            model, trainer = rebuild(config, train, dict(settings, transfer=transfer))
+            step = trainer.meta_step if transfer == "meta" else trainer.joint_step
+            search_seconds = [0.0]
+            if model.quantizer is not None:
+                search = model.quantizer.codes
+
+                def timed(z_e, book, search=search, total=search_seconds):
+                    start = time.perf_counter()
+                    codes = search(z_e, book)
+                    total[0] += time.perf_counter() - start
+                    return codes
+
+                model.quantizer.codes = timed
+            model.train()
+            runs[transfer] = (trainer, step, search_seconds, [], [])
+        sources, loader = train._dataset.sources, iter(train)
+        for index in range(iterations + 1):
+            batches = [next(loader) for _ in range(config["meta_tasks"])]
+            for trainer, step, search_seconds, times, searches in runs.values():
+                search_seconds[0] = 0.0
+                start = time.perf_counter()
+                step(
+                    [b.to(trainer.device) for b in batches],
+                    trainer._sample_domains(len(sources)),
+                    sources,
+                )
+                if index:  # the first iteration warms up
+                    times.append(time.perf_counter() - start)
+                    searches.append(search_seconds[0])
+        meta, joint = (
+            (statistics.median(r[3]), statistics.mean(r[4])) for r in runs.values()
+        )
+        label = ", ".join(f"{k}={v}" for k, v in settings.items()) or "as configured"
+        rows.append(
+            f"| {label} | {meta[0]:.3f} | {joint[0]:.3f} | {meta[0] / joint[0]:.2f} | "
+            f"{meta[1]:.3f} | {joint[1]:.3f} |"
+        )
+        print(rows[-1], flush=True)
     print(
-        f"{dataset}: s/iteration over {iterations} iterations (median): MetaRec {seconds['meta']:.3f}, "
-        f"joint {seconds['joint']:.3f}, ratio {seconds['meta'] / seconds['joint']:.2f}"
+        f"\n## {dataset}: s/iteration over {iterations} iterations (median), MetaRec and joint alternating\n"
+        "| settings | MetaRec | joint | ratio | codeword search in MetaRec (mean) | in joint (mean) |\n"
+        "|---|---|---|---|---|---|"
     )
+    print("\n".join(rows))
+
+
+def run_code_changes(dataset, overrides, iterations, grid):
+    """Share of source-item codes that change between iterations and between inner steps
+    (``trainer.meta.code_changes``)."""
+    from recbole_transfer.quick_start import build
+    from recbole_transfer.trainer.meta import code_changes
+
+    config, _, _, (train, _, _) = build(
+        "MetaRec", dataset, config_dict=dict(QUIET, **overrides)
+    )
+    for settings in parse_grid(grid):
+        _, trainer = rebuild(config, train, settings)
+        changes = code_changes(trainer, train, iterations)
+        label = ", ".join(f"{k}={v}" for k, v in settings.items()) or "as configured"
+        print(f"\n## {dataset}: {label}, {iterations} iterations")
+        for lag, shares in changes["lags"].items():
+            if shares:
+                print(
+                    f"codes changed over {lag} iteration(s): mean {statistics.mean(shares):.2%}, "
+                    f"range {min(shares):.2%}-{max(shares):.2%} ({len(shares)} pairs)"
+                )
+        for step, share in enumerate(changes["inner"], start=1):
+            print(
+                f"codes changed from the pair's first forward to inner step {step + 1}: {share:.2%}"
+            )
 
 
 def main():
@@ -167,6 +232,12 @@ def main():
     parser.add_argument("--iterations", type=int, default=6)
     parser.add_argument("--grid", default=None, help="'key=v1,v2 key2=...'")
     parser.add_argument("--timing", type=int, default=0, help="iterations to time")
+    parser.add_argument(
+        "--code_changes",
+        type=int,
+        default=0,
+        help="iterations over which to count codeword changes",
+    )
     args, overrides = parser.parse_known_args()
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from recbole_transfer.config import parse_cli_overrides
@@ -179,7 +250,12 @@ def main():
         )
         return
     if args.timing:
-        run_timing(args.dataset, parse_cli_overrides(overrides), args.timing)
+        run_timing(args.dataset, parse_cli_overrides(overrides), args.timing, args.grid)
+        return
+    if args.code_changes:
+        run_code_changes(
+            args.dataset, parse_cli_overrides(overrides), args.code_changes, args.grid
+        )
         return
     common = dict(PAPER_METRICS, **parse_cli_overrides(overrides))
     out = args.out or os.path.join("results", f"bench_metarec_{args.dataset}.md")

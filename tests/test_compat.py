@@ -102,6 +102,20 @@ def test_same_seed_same_metrics(tiny_root, tmp_path):
     assert first["best_valid_result"] == second["best_valid_result"]
 
 
+def test_trainers_run_without_the_anomaly_mode_sine_turns_on(tiny_root, tmp_path):
+    import recbole.model.sequential_recommender  # noqa: F401 (imports SINE)
+
+    torch.autograd.set_detect_anomaly(True)  # what that import does the first time
+    try:
+        _, _, trainer, _ = build(
+            "SASRec", "Scientific", config_dict=_tiny(tiny_root, tmp_path)
+        )
+        assert isinstance(trainer, compat.PluginTrainer)
+        assert not torch.is_anomaly_enabled()
+    finally:
+        torch.autograd.set_detect_anomaly(False)
+
+
 def test_cpu_device_init_single_process(tiny_root, tmp_path):
     config = Config("SASRec", "Scientific", config_dict=_tiny(tiny_root, tmp_path))
     assert config["device"] == torch.device("cpu") and config["single_spec"] is True

@@ -11,6 +11,7 @@ from recbole_transfer.model.layers import VectorQuantizer
 from recbole_transfer.model.metarec import vq_loss
 from recbole_transfer.trainer.meta import (
     adapt,
+    code_changes,
     diagnose,
     domain_loss,
     meta_gradient,
@@ -78,6 +79,18 @@ def test_vq_rows_are_codebook_rows_per_head_and_gradients_reach_z_e():
     assert codebook.grad is None  # the codewords learn from L_vq only
     vq_loss(z_e, quantized).backward()
     assert codebook.grad is not None and codebook.grad.abs().sum() > 0
+
+
+def test_vq_codes_are_the_same_for_any_chunking():
+    torch.manual_seed(0)
+    z_e, codebook = torch.randn(300, 12), torch.randn(40, 12)
+    whole = VectorQuantizer(3, chunk_size=1000).codes(z_e, codebook)
+    # the earlier formulation (one einsum per chunk of 1024): the search must not move any code
+    book = F.normalize(codebook.view(40, 3, 4), dim=-1)
+    query = F.normalize(z_e.view(300, 3, 4), dim=-1)
+    assert torch.equal(whole, torch.einsum("nhd,khd->nhk", query, book).argmax(-1))
+    for chunk_size in (1, 7, 256):
+        assert torch.equal(VectorQuantizer(3, chunk_size).codes(z_e, codebook), whole)
 
 
 def test_vq_loss_is_eq3_squared_norms_summed_over_dimensions():
@@ -414,6 +427,87 @@ def test_each_ablation_switch_changes_the_update(data_root, tmp_path, switches):
     assert update["blocks.0.lru.params_log"].abs().sum() > 0
 
 
+def _steps(data_root, tmp_path, iterations, transfer="meta", **settings):
+    """The shared weights after ``iterations`` steps on fixed batches (sources 1 and 2), and the searches made."""
+    _, model, trainer, (train, _, _) = _build(
+        data_root, tmp_path, dropout_prob=0.0, transfer=transfer, **settings
+    )
+    searches, search = [], model.quantizer.codes
+    model.quantizer.codes = lambda z_e, book: searches.append(1) or search(z_e, book)
+    batches = list(train)[: 2 * iterations]
+    step = trainer.meta_step if transfer == "meta" else trainer.joint_step
+    for i in range(iterations):
+        step(batches[2 * i : 2 * i + 2], [1, 2], train._dataset.sources)
+    named = dict(model.named_parameters())
+    return {n: named[n].detach().clone() for n in trainer.shared_names}, len(searches)
+
+
+def test_codes_refreshed_every_iteration_equal_the_exact_path_with_one_inner_step(
+    data_root, tmp_path
+):
+    # with one inner step every source forward is at theta, where a search per iteration (vq_refresh_steps 1)
+    # finds what the search per forward (0, the exact path) finds: the same weights to the last bit
+    exact, exact_searches = _steps(data_root, tmp_path / "a", 3, inner_steps=1)
+    cached, cached_searches = _steps(
+        data_root, tmp_path / "b", 3, inner_steps=1, vq_refresh_steps=1
+    )
+    assert exact_searches == cached_searches == 3 * 2
+    for name in exact:
+        assert torch.equal(exact[name], cached[name]), name
+    # with three inner steps the exact path searches again at each phi, and the inner_lr 1 steps move codes
+    exact, exact_searches = _steps(data_root, tmp_path / "c", 3, inner_steps=3)
+    cached, cached_searches = _steps(
+        data_root, tmp_path / "d", 3, inner_steps=3, vq_refresh_steps=1
+    )
+    assert (exact_searches, cached_searches) == (3 * 2 * 3, 3 * 2)
+    assert any(not torch.equal(exact[n], cached[n]) for n in exact)
+
+
+def test_vq_refresh_steps_reuses_codes_with_current_codewords(data_root, tmp_path):
+    _, searches = _steps(data_root, tmp_path / "a", 5, "joint", vq_refresh_steps=2)
+    assert searches == 3 * 2  # iterations 1, 3 and 5, each of the two sources
+    _, searches = _steps(data_root, tmp_path / "b", 5, "joint")
+    assert searches == 5 * 2
+    _, model, trainer, (train, _, _) = _build(
+        data_root, tmp_path / "c", vq_refresh_steps=3, learning_rate=0.1
+    )
+    batches = list(train)[:2]
+    source = train._dataset.sources[0].interaction[torch.arange(8)]
+    seq, pos = source[model.ITEM_SEQ], source[model.POS_ITEM_ID]
+    model.start_iteration()
+    model.source_table(1, seq, pos)
+    codes = model._codes[1][1]
+    trainer.joint_step(batches, [1, 2], train._dataset.sources)  # moves both tables
+    table, _ = model.source_table(1, seq, pos)
+    assert model._codes[1][1] is codes  # not searched again
+    book = model.item_embedding.weight[1:].detach().view(-1, 4, 4)
+    # the cached codes read the codewords as they are now, not as they were at the search
+    expected = book[codes, torch.arange(4)].reshape(-1, 16)
+    assert torch.equal(table[1:].detach(), expected)
+    fresh = model.quantizer.codes(
+        model.source_item_embedding[0].weight[1:], model.item_embedding.weight[1:]
+    )
+    assert not torch.equal(fresh, codes)  # a search would have moved some codes
+
+
+def test_code_changes_counts_moved_codes_and_none_when_nothing_trains(
+    data_root, tmp_path
+):
+    _, _, trainer, (train, _, _) = _build(data_root, tmp_path / "a", dropout_prob=0.0)
+    changes = code_changes(trainer, train, iterations=3, lags=(1, 2))
+    assert [len(changes["lags"][lag]) for lag in (1, 2)] == [2, 1]
+    assert len(changes["inner"]) == 2  # inner steps 2 and 3 against the first
+    shares = changes["inner"] + changes["lags"][1] + changes["lags"][2]
+    assert all(0 <= share <= 1 for share in shares)
+    assert max(changes["inner"]) > 0  # inner_lr 1 moves codes within an iteration
+    _, _, trainer, (train, _, _) = _build(
+        data_root, tmp_path / "b", dropout_prob=0.0, inner_lr=0.0, learning_rate=0.0
+    )
+    changes = code_changes(trainer, train, iterations=3, lags=(1, 2))
+    assert changes["inner"] == [0.0, 0.0]
+    assert changes["lags"] == {1: [0.0, 0.0], 2: [0.0]}
+
+
 def test_source_tables_and_parameter_counts(data_root, tmp_path):
     _, model, trainer, (train, _, _) = _build(
         data_root, tmp_path, learner="adamw", weight_decay=0.1
@@ -461,3 +555,5 @@ def test_bad_source_settings_are_one_line_errors(data_root, tmp_path):
         _build(data_root, tmp_path, inner_steps=6)
     with pytest.raises(UserInputError, match="^inner_lr must be >= 0; got -1.0$"):
         _build(data_root, tmp_path, inner_lr=-1.0)
+    with pytest.raises(UserInputError, match="^vq_refresh_steps must be >= 0; got -1$"):
+        _build(data_root, tmp_path, vq_refresh_steps=-1)

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from recbole_transfer.errors import UserInputError
 from recbole_transfer.model.layers import VectorQuantizer
 from recbole_transfer.model.lrurec import LRURec
 from recbole_transfer.model.positions import all_positions_cross_entropy
@@ -55,6 +56,11 @@ class MetaRec(LRURec):
 
         # load parameters info
         self.vq_heads = int(config["vq_heads"] or 0)
+        self.vq_refresh_steps = int(config["vq_refresh_steps"] or 0)
+        if self.vq_refresh_steps < 0:
+            raise UserInputError(
+                f"vq_refresh_steps must be >= 0; got {self.vq_refresh_steps}"
+            )
         sources = getattr(dataset, "sources", [])
         self.source_names = [source.name for source in sources]
         if self.vq_heads and self.hidden_size % self.vq_heads:
@@ -76,6 +82,27 @@ class MetaRec(LRURec):
         for table in self.source_item_embedding:
             self._init_weights(table)
 
+        # vq_refresh_steps > 0: {domain: (iteration, codes)} of the last search; not state (recomputed on resume)
+        self.iteration = 0
+        self._codes = {}
+
+    def start_iteration(self):
+        """The trainer calls this before each training iteration: cached codes age by one."""
+        self.iteration += 1
+
+    def source_codes(self, domain, z_e):
+        """[N, H] codes of source ``domain``'s items ``z_e``: searched now (``vq_refresh_steps`` 0, every
+        forward), or reused while the last search is less than ``vq_refresh_steps`` iterations old.
+        """
+        codebook = self.item_embedding.weight[1:]
+        if not self.vq_refresh_steps:
+            return self.quantizer.codes(z_e, codebook)
+        cached = self._codes.get(domain)
+        if cached is None or self.iteration - cached[0] >= self.vq_refresh_steps:
+            cached = (self.iteration, self.quantizer.codes(z_e, codebook))
+            self._codes[domain] = cached
+        return cached[1]
+
     def source_parameter_names(self, domain):
         """Names of the parameters only source ``domain`` (1-based) uses."""
         return [
@@ -93,7 +120,12 @@ class MetaRec(LRURec):
         if self.quantizer is None:
             return z_e, z_e.new_zeros(())
         # row 0 is the padding item: neither quantized nor a codeword
-        z_q, quantized, _ = self.quantizer(z_e[1:], self.item_embedding.weight[1:])
+        # every item is quantized, not only the batch's: the scores run over the whole source table
+        z_q, quantized, _ = self.quantizer(
+            z_e[1:],
+            self.item_embedding.weight[1:],
+            self.source_codes(domain, z_e[1:]),
+        )
         used = torch.unique(torch.cat([item_seq.flatten(), pos_items]))
         used = used[used > 0] - 1
         return torch.cat([z_e[:1], z_q]), vq_loss(z_e[1:][used], quantized[used])

@@ -212,6 +212,74 @@ def codeword_use(model, sources, top=10):
     return use
 
 
+def code_changes(trainer, train_data, iterations=10, lags=(1, 5, 10)):
+    """How often source items change codeword while MetaRec trains (``iterations`` training iterations of the
+    trainer's ``transfer``): ``lags`` {lag: [share of (item, head) codes, all sources together, that differ from
+    the codes ``lag`` iterations earlier, at the start of each iteration]}; ``inner`` [share that differs between
+    the first forward of a (source, target) pair and each later inner step, per inner step, the mean over the
+    pairs] (empty unless the step searches at every forward: ``transfer: meta``, ``vq_refresh_steps: 0``).
+    """
+    model = trainer.model
+    sources = train_data._dataset.sources
+    codebook = lambda: model.item_embedding.weight[
+        1:
+    ]  # noqa: E731 (read after each update)
+    searches, search = [], model.quantizer.codes
+
+    def recording(z_e, book):
+        searches.append(search(z_e, book))
+        return searches[-1]
+
+    history, lags_out = [], {lag: [] for lag in lags}
+    inner = [[] for _ in range(trainer.inner_steps - 1)]
+    loader = iter(train_data)
+    model.quantizer.codes = recording
+    try:
+        for _ in range(iterations):
+            with torch.no_grad():
+                history.append(
+                    torch.cat(
+                        [
+                            search(table.weight[1:], codebook())
+                            for table in model.source_item_embedding
+                        ]
+                    )
+                )
+            for lag in lags:
+                if len(history) > lag:
+                    lags_out[lag].append(
+                        (history[-1] != history[-1 - lag]).float().mean().item()
+                    )
+            batches = []
+            for _ in range(trainer.n_tasks):
+                batch = next(loader, None)
+                if batch is None:
+                    loader = iter(train_data)
+                    batch = next(loader)
+                batches.append(batch.to(trainer.device))
+            searches.clear()
+            step = (
+                trainer.meta_step if trainer.transfer == "meta" else trainer.joint_step
+            )
+            step(batches, trainer._sample_domains(len(sources)), sources)
+            per_pair = trainer.inner_steps
+            if trainer.transfer == "meta" and len(searches) == per_pair * len(batches):
+                for first in range(0, len(searches), per_pair):
+                    for j in range(1, per_pair):
+                        inner[j - 1].append(
+                            (searches[first + j] != searches[first])
+                            .float()
+                            .mean()
+                            .item()
+                        )
+    finally:
+        del model.quantizer.codes  # the method again
+    return {
+        "lags": lags_out,
+        "inner": [sum(v) / len(v) for v in inner if v],
+    }
+
+
 def diagnose(trainer, train_data, iterations=6):
     """What the meta path does over ``iterations`` consecutive meta iterations from the trainer's current state,
     on the target's training batches in loader order. Each iteration is measured with dropout off, so the
@@ -242,6 +310,7 @@ def diagnose(trainer, train_data, iterations=6):
             target_batches.append(batch.to(trainer.device))
         domains = trainer._sample_domains(len(sources))
         source_batches = [trainer._source_batch(sources[d - 1]) for d in domains]
+        model.start_iteration()
         params = dict(model.named_parameters())
         theta = {n: params[n].detach().clone() for n in names}
         start = time.perf_counter()
@@ -492,6 +561,7 @@ class MetaTrainer(plugin_trainer(Trainer)):
 
     def meta_step(self, target_batches, domains, sources):
         """One meta iteration; returns the mean target loss at the adapted parameters."""
+        self.model.start_iteration()
         source_batches = [self._source_batch(sources[d - 1]) for d in domains]
         return self.apply_meta_gradients(
             self.meta_gradients(target_batches, domains, source_batches)
@@ -499,6 +569,7 @@ class MetaTrainer(plugin_trainer(Trainer)):
 
     def joint_step(self, target_batches, domains, sources):
         """The ablation without meta transfer: one ordinary step on the mean of the same batches' losses."""
+        self.model.start_iteration()
         self.optimizer.zero_grad()
         losses = []
         for target_batch, domain in zip(target_batches, domains):
