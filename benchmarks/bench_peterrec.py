@@ -3,6 +3,8 @@ fine-tuning mode x patch insertion, with the trainable-parameter share.
 
     python benchmarks/bench_peterrec.py --task=beauty_to_electronics --dataset=ABE_Electronics [--key=value ...]
     python benchmarks/bench_peterrec.py --task=ml100k_gender --dataset=ml-100k [--kinds=causal] [--key=value ...]
+    python benchmarks/bench_peterrec.py --task=ml100k_gender --dataset=ml-100k --kinds=causal --seeds=2020,...,2029 \
+        --runs=peterrec:serial_c,fine_all:none,fine_cls:none,peter_zero:serial_c [--key=value ...]
 
 ``--task`` names a file in properties/task/. Pretraining is PeterRec's recipe stage ``pretrain``
 (``recbole_transfer.recipe``: PeterRec on the task's source, causal or not), run once per kind and then reused from
@@ -11,10 +13,17 @@ the stage cache ``<checkpoint_dir>/stages/``; its checkpoint is every fine-tunin
 Rows are appended to ``--out`` as they finish (rows already there are skipped; a kind whose rows are all there
 does not touch its pretraining). The pretraining's own test metrics are not printed (the stage cache keeps its
 checkpoint and minutes only).
+
+With ``--seeds`` every row runs once per seed (the fine-tuning seed, which also draws a profile task's random user
+split; pretraining stays one run) into ``<out>`` with a seed column, and the summary ``<out minus .md>_summary.md``
+gives each row's mean ± one standard error over seeds and its paired difference (same seed, same split) from
+LabelCS and from the first row of ``--runs``.
 """
 
 import argparse
+import math
 import os
+import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -67,6 +76,14 @@ def main():
         help="pretraining epochs (default: --epochs)",
     )
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--seeds", default="", help="comma-separated: each row once per seed"
+    )
+    parser.add_argument(
+        "--runs",
+        default="",
+        help="mode:insertion,... (default: every row of RUNS)",
+    )
     args, overrides = parser.parse_known_args()
     sys.path.insert(0, ROOT)
     from recbole_transfer.config import parse_cli_overrides
@@ -75,7 +92,10 @@ def main():
     task = read_task(args.task)
     task_file = os.path.join(ROOT, "properties", "task", f"{args.task}.yaml")
     metrics = PROFILE_METRICS if task["target_task"] == "profile" else ITEM_METRICS
-    out = args.out or os.path.join("results", f"bench_peterrec_{args.task}.md")
+    seeds = [int(x) for x in args.seeds.split(",") if x]
+    runs = [tuple(r.split(":")) for r in args.runs.split(",") if r] or RUNS
+    suffix = "_seeds" if seeds else ""
+    out = args.out or os.path.join("results", f"bench_peterrec_{args.task}{suffix}.md")
     start_table(
         out,
         common,
@@ -84,6 +104,7 @@ def main():
             "kind",
             "mode",
             "insertion",
+            *(["seed"] if seeds else []),
             "trainable / total (share)",
             "epochs",
             *metrics,
@@ -94,10 +115,16 @@ def main():
     for kind in args.kinds.split(","):
         causal = kind == "causal"
         labels = [
-            (mode, insertion, f"| {args.task} | {kind} | {mode} | {insertion} |")
-            for mode, insertion in RUNS
+            (mode, insertion, seed, f"| {args.task} | {kind} | {mode} | {insertion} |")
+            for seed in seeds or [None]
+            for mode, insertion in runs
         ]
-        if all(has_row(out, label) for _, _, label in labels):
+        if seeds:
+            labels = [
+                (mode, insertion, seed, f"{label} {seed} |")
+                for mode, insertion, seed, label in labels
+            ]
+        if all(has_row(out, label) for *_, label in labels):
             print(f"skip {kind}: every row already in {out}")
             continue
         # the recipe's pretraining on the task's source (the task file's keys stay with fine-tuning)
@@ -118,7 +145,7 @@ def main():
             f"pretrain {kind}: {pretrained} ({stage_minutes(stages[0])} min)",
             flush=True,
         )
-        for mode, insertion, label in labels:
+        for mode, insertion, seed, label in labels:
             if has_row(out, label):
                 print(f"skip {label}")
                 continue
@@ -128,6 +155,7 @@ def main():
                 finetune_mode=mode,
                 patch_insertion=insertion,
                 pretrained_path=pretrained,
+                **({"seed": seed} if seed is not None else {}),
             )
             result = fit_and_measure(
                 "PeterRec", args.dataset, config, config_files=[task_file]
@@ -139,7 +167,70 @@ def main():
                 + f" | {result['epoch_seconds']:.1f} |"
             )
             append_row(out, line)
+    if seeds:
+        summarize_seeds(out, metrics, runs)
     print(f"wrote {out}")
+
+
+def mean_se(values):
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0
+    return f"{statistics.mean(values):.4f} ± {se:.4f}"
+
+
+def summarize_seeds(out, metrics, runs):
+    """Mean ± SE over seeds per (kind, mode, insertion), and paired differences from LabelCS and the first run."""
+    table = {}  # (kind, mode, insertion) -> {seed: {metric: value}}
+    with open(out, encoding="utf-8") as f:
+        for line in f:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) < 7 + len(metrics) or not cells[4].isdigit():
+                continue
+            values = cells[7 : 7 + len(metrics)]
+            table.setdefault(tuple(cells[1:4]), {})[int(cells[4])] = dict(
+                zip(metrics, map(float, values))
+            )
+    shown = [m for m in metrics if not m.startswith("labelcs")]
+    rows = [
+        f"<!-- from {os.path.basename(out)}: mean ± one SE over seeds; differences paired by seed -->",
+        "| kind | mode | insertion | seeds | "
+        + " | ".join(shown)
+        + " | "
+        + " | ".join(f"{m} − LabelCS" for m in shown)
+        + " | "
+        + " | ".join(f"{m} − {runs[0][0]}" for m in shown)
+        + " |",
+        "|---|---|---|---|" + "---|" * 3 * len(shown),
+    ]
+    for (kind, mode, insertion), by_seed in sorted(table.items()):
+        first = table.get((kind, *runs[0]), {})
+        cells = [mean_se([v[m] for v in by_seed.values()]) for m in shown]
+        cells += [
+            mean_se([v[m] - v[f"labelcs_{m}"] for v in by_seed.values()]) for m in shown
+        ]
+        paired = [s for s in by_seed if s in first]
+        cells += [
+            mean_se([by_seed[s][m] - first[s][m] for s in paired]) if paired else "–"
+            for m in shown
+        ]
+        rows.append(
+            f"| {kind} | {mode} | {insertion} | {len(by_seed)} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    rows.append(
+        "| LabelCS (majority of each split's training labels) | – | – | "
+        + f"{len(next(iter(table.values()), {}))} | "
+        + " | ".join(
+            mean_se([v[f"labelcs_{m}"] for v in next(iter(table.values())).values()])
+            for m in shown
+        )
+        + " |"
+        + " – |" * 2 * len(shown)
+    )
+    path = out[: -len(".md")] + "_summary.md"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(rows) + "\n")
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":
