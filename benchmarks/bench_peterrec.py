@@ -217,13 +217,11 @@ def summarize_seeds(out, metrics, runs):
             + " | ".join(cells)
             + " |"
         )
+    # LabelCS depends on the split only: any row's seeds give it
+    splits = next(iter(table.values()), {}).values()
     rows.append(
-        "| LabelCS (majority of each split's training labels) | – | – | "
-        + f"{len(next(iter(table.values()), {}))} | "
-        + " | ".join(
-            mean_se([v[f"labelcs_{m}"] for v in next(iter(table.values())).values()])
-            for m in shown
-        )
+        f"| LabelCS (majority of each split's training labels) | – | – | {len(splits)} | "
+        + " | ".join(mean_se([v[f"labelcs_{m}"] for v in splits]) for m in shown)
         + " |"
         + " – |" * 2 * len(shown)
     )

@@ -306,8 +306,8 @@ class UniSRec(SequentialRecommender):
 
     def forward(self, item_seq, item_seq_len, table, rows=None, every_position=False):
         """Sequence vectors [B, hidden] (``every_position``: [B, L, hidden], the vector of every prefix; what lies
-        past a row's length means nothing). Position j of sequence i reads ``table[rows[i, j]]`` (adapted text vectors; ``rows``
-        defaults to ``item_seq``). Rows are encoded in length buckets (``length_buckets``).
+        past a row's length means nothing). Position j of sequence i reads ``table[rows[i, j]]`` (adapted text
+        vectors; ``rows`` defaults to ``item_seq``). Rows are encoded in length buckets (``length_buckets``).
         """
         rows = item_seq if rows is None else rows
         max_len = item_seq.shape[1]

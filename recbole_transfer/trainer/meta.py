@@ -212,6 +212,21 @@ def codeword_use(model, sources, top=10):
     return use
 
 
+def _target_batches(trainer, train_data):
+    """Endless lists of ``trainer.n_tasks`` target training batches in loader order, on the trainer's device (a
+    short epoch: the next one starts)."""
+    loader = iter(train_data)
+    while True:
+        batches = []
+        for _ in range(trainer.n_tasks):
+            batch = next(loader, None)
+            if batch is None:
+                loader = iter(train_data)
+                batch = next(loader)
+            batches.append(batch.to(trainer.device))
+        yield batches
+
+
 def code_changes(trainer, train_data, iterations=10, lags=(1, 5, 10)):
     """How often source items change codeword while MetaRec trains (``iterations`` training iterations of the
     trainer's ``transfer``): ``lags`` {lag: [share of (item, head) codes, all sources together, that differ from
@@ -221,9 +236,6 @@ def code_changes(trainer, train_data, iterations=10, lags=(1, 5, 10)):
     """
     model = trainer.model
     sources = train_data._dataset.sources
-    codebook = lambda: model.item_embedding.weight[
-        1:
-    ]  # noqa: E731 (read after each update)
     searches, search = [], model.quantizer.codes
 
     def recording(z_e, book):
@@ -232,15 +244,16 @@ def code_changes(trainer, train_data, iterations=10, lags=(1, 5, 10)):
 
     history, lags_out = [], {lag: [] for lag in lags}
     inner = [[] for _ in range(trainer.inner_steps - 1)]
-    loader = iter(train_data)
+    target_batches = _target_batches(trainer, train_data)
     model.quantizer.codes = recording
     try:
         for _ in range(iterations):
+            codebook = model.item_embedding.weight[1:]  # as the last update left it
             with torch.no_grad():
                 history.append(
                     torch.cat(
                         [
-                            search(table.weight[1:], codebook())
+                            search(table.weight[1:], codebook)
                             for table in model.source_item_embedding
                         ]
                     )
@@ -250,13 +263,7 @@ def code_changes(trainer, train_data, iterations=10, lags=(1, 5, 10)):
                     lags_out[lag].append(
                         (history[-1] != history[-1 - lag]).float().mean().item()
                     )
-            batches = []
-            for _ in range(trainer.n_tasks):
-                batch = next(loader, None)
-                if batch is None:
-                    loader = iter(train_data)
-                    batch = next(loader)
-                batches.append(batch.to(trainer.device))
+            batches = next(target_batches)
             searches.clear()
             step = (
                 trainer.meta_step if trainer.transfer == "meta" else trainer.joint_step
@@ -299,15 +306,9 @@ def diagnose(trainer, train_data, iterations=6):
         groups.setdefault(parameter_group(name), []).append(name)
     groups["all"] = list(names)
     dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
-    records, loader = [], iter(train_data)
+    records, batch_lists = [], _target_batches(trainer, train_data)
     for _ in range(iterations):
-        target_batches = []
-        for _ in range(trainer.n_tasks):
-            batch = next(loader, None)
-            if batch is None:  # a short epoch: start the next one
-                loader = iter(train_data)
-                batch = next(loader)
-            target_batches.append(batch.to(trainer.device))
+        target_batches = next(batch_lists)
         domains = trainer._sample_domains(len(sources))
         source_batches = [trainer._source_batch(sources[d - 1]) for d in domains]
         model.start_iteration()
