@@ -501,6 +501,7 @@ def summarize(out):
 def plot(out):
     """Figure, one panel per target: valid (blue) and test (orange) NDCG@10 of transductive fine-tuning against
     pretraining epochs (0 = from scratch), mean ± SE; single-source runs as triangles, stock SASRec dotted.
+    Then the source comparison (``plot_sources``).
     """
     import matplotlib
 
@@ -567,6 +568,57 @@ def plot(out):
         ax.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(f"{out}.png", dpi=110)
+    plt.close(figure)
+    plot_sources(grouped, out, plt)
+
+
+def plot_sources(grouped, out, plt):
+    """The paper's Figure 2, per target with single-source runs: test NDCG@10 (mean ± SE) of transductive
+    fine-tuning after no pretraining, pretraining on each single source, and on all sources at the singles' epochs.
+    Written to ``<out>-sources.png``."""
+    panels = []
+    for target in dict.fromkeys(
+        t for t, kind, _, _ in grouped if kind.startswith("single:")
+    ):
+        singles = {
+            (kind, epoch): runs
+            for (t, kind, mode, epoch), runs in grouped.items()
+            if t == target and kind.startswith("single:") and mode == "transductive"
+        }
+        epoch = max(e for _, e in singles)
+        bars = [("none", grouped.get((target, "scratch", "transductive", 0), []))]
+        bars += sorted(
+            (
+                (kind.split(":", 1)[1], runs)
+                for (kind, e), runs in singles.items()
+                if e == epoch
+            ),
+            key=lambda bar: statistics.mean(r["test"]["ndcg@10"] for r in bar[1]),
+        )
+        bars.append(("all", grouped.get((target, "all", "transductive", epoch), [])))
+        panels.append((target, epoch, [(label, runs) for label, runs in bars if runs]))
+    if not panels:
+        return
+    figure, axes = plt.subplots(
+        1, len(panels), figsize=(5 * len(panels), 4), squeeze=False
+    )
+    for ax, (target, epoch, bars) in zip(axes[0], panels):
+        stats = [mean_se([r["test"]["ndcg@10"] for r in runs]) for _, runs in bars]
+        ax.bar(
+            range(len(bars)),
+            [m for m, _ in stats],
+            yerr=[0 if math.isnan(se) else se for _, se in stats],
+            capsize=4,
+            color=["C7"] + ["C0"] * (len(bars) - 2) + ["C3"],
+        )
+        ax.set_xticks(range(len(bars)), [label for label, _ in bars])
+        low = min(m for m, _ in stats)
+        ax.set_ylim(low * 0.95, max(m for m, _ in stats) * 1.02)
+        ax.set_title(f"{target}: sources, {epoch} pretraining epochs")
+        ax.set_ylabel("test NDCG@10 (mean ± SE)")
+    figure.tight_layout()
+    figure.savefig(f"{out}-sources.png", dpi=110)
+    plt.close(figure)
 
 
 def main():
