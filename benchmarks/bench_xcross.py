@@ -15,8 +15,10 @@ Pooler+Scorer), ``zeroshot`` (only the zero-shot rows of ``--sources``), ``lora`
 ``xcross,lora``), ``ablations`` (``--ablations``, of ``Layers,Interactions,Experts``). A part that needs no source
 (``lora``, a LoRA-only curve) skips the source adapters. Rows are appended to ``--out`` as they finish (rows already
 there are skipped); results are kept in ``<out>.json``, into which each row is merged when it finishes, so runs of
-other parts can share one ``--out`` at the same time; the source adapters are in ``saved/<out file name>/`` or
-``--adapters`` (adapters found there are tested on their own domains and reused, not retrained).
+other parts can share one ``--out`` at the same time. The source adapters are XCross's recipe stages (as
+``run_recbole_transfer.py --model=XCross`` runs them: one PromptLoRA per source with the run's ``--key=value`` pairs,
+cached under ``saved/stages/`` by their settings and reused by any table with the same ones); each is then tested
+on its own domain.
 
 ``--xcross_lrs``: X-Cross is trained once per learning rate (a row each) and the one with the best validation
 MRR@10 is the X-Cross of the ablations and the learning curve (the test split never chooses; a run without the
@@ -49,7 +51,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import append_row, fit_and_measure, start_table  # noqa: E402
+from common import (  # noqa: E402
+    append_row,
+    fit_and_measure,
+    input_stages,
+    stage_minutes,
+    start_table,
+)
 
 METRICS = ["hit@1", "hit@3", "hit@10", "mrr@10"]
 VALIDATE = ("all", "choices")
@@ -344,13 +352,13 @@ def main():
         help="max_train_examples of the source adapters (default: that of the run)",
     )
     parser.add_argument("--out", default=None)
-    parser.add_argument(
-        "--adapters",
-        default=None,
-        help="folder of source adapters PromptLoRA-<source> (default saved/<out file name>/); "
-        "one already there is tested on its domain, not retrained",
-    )
+    parser.add_argument("--adapters", default=None, help=argparse.SUPPRESS)
     args, overrides = parser.parse_known_args()
+    if args.adapters:
+        raise SystemExit(
+            "--adapters: the source adapters are XCross's cached recipe stages (saved/stages/), reused by any run "
+            "with the same settings; drop the option"
+        )
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from recbole_transfer.utils import atomic_write_text
     from recbole_transfer.config import parse_cli_overrides
@@ -402,8 +410,12 @@ def main():
     def row_key(label, dataset, examples=all_examples):
         return f"| {label} | {dataset} | {examples} |"
 
-    def row(label, model, dataset, settings, examples=all_examples, choice=False):
-        """One table row; ``choice``: a choice is made on its validation result (always validated)."""
+    def row(
+        label, model, dataset, settings, examples=all_examples, choice=False, stage=None
+    ):
+        """One table row; ``choice``: a choice is made on its validation result (always validated); ``stage``: the
+        recipe stage that trained the model this row tests (its training time is the stage's).
+        """
         key = row_key(label, dataset, examples)
         load_state()
         if key in state:
@@ -412,13 +424,18 @@ def main():
         if args.validate == "choices" and not choice:
             settings["eval_step"] = 0  # train without validation, test the last epoch
         result = fit_and_measure(model, dataset, settings)
-        trained = result["epochs"] > 0  # a zero-shot row trains nothing
-        seconds = f"{result['epoch_seconds']:.1f}" if trained else ""
+        if stage:
+            result["fit_minutes"] = stage_minutes(stage)
+        trained = (
+            result["epochs"] > 0 or stage is not None
+        )  # zero-shot rows train nothing
+        seconds = f"{result['epoch_seconds']:.1f}" if result["epochs"] > 0 else ""
+        epochs = f"stage, {result['fit_minutes']} min" if stage else result["epochs"]
         ranks = result.get("test_ranks")
         se = standard_error(reciprocal_ranks(ranks)) if ranks else float("nan")
         valid = result["best_valid"].get("mrr@10")
         line = (
-            f"{key} {result['trainable'] if trained else 0:,} / {result['total']:,} | {result['epochs']} | "
+            f"{key} {result['trainable'] if trained else 0:,} / {result['total']:,} | {epochs} | "
             + " | ".join(f"{result['test'][m]:.4f}" for m in METRICS)
             + f" | {se:.4f} | {'' if valid is None else f'{valid:.4f}'} | {seconds} |"
         )
@@ -430,25 +447,20 @@ def main():
             "mrr@10_se": se,
             "trainable": result["trainable"] if trained else 0,
             "total": result["total"],
-            "epochs": result["epochs"],
-            "epoch_seconds": result["epoch_seconds"] if trained else None,
+            "epochs": epochs,
+            "epoch_seconds": result["epoch_seconds"] if result["epochs"] > 0 else None,
             "fit_minutes": result["fit_minutes"],
         }
         save_state()
         return state[key]
 
-    # one adapter folder per results table: a table with other settings (pooling, lr) trains its own, unless
-    # --adapters shares one trained with the same settings (another target from the same sources)
-    adapter_root = args.adapters or os.path.join(
-        "saved", os.path.splitext(os.path.basename(out))[0]
-    )
-    adapters = {}
-    # the sources may train on more examples than the target (a target with little data)
-    source_limit = (
-        {}
-        if args.source_examples is None
-        else {"max_train_examples": args.source_examples}
-    )
+    # the source adapters are the recipe's stages of XCross (one PromptLoRA per source, cached under
+    # saved/stages/ by their settings, so tables with the same settings share them); each is tested on its domain
+    source_settings = {  # every run's keys (the sources may train on more examples than a small target)
+        k: v for k, v in common.items() if not k.startswith("xcross_")
+    }
+    if args.source_examples is not None:
+        source_settings["max_train_examples"] = args.source_examples
     source_examples = args.source_examples or all_examples
     curve_models = args.curve_models.split(",")
     needs_sources = (
@@ -456,37 +468,28 @@ def main():
         or bool(set(parts) - {"lora", "curve"})
         or ("curve" in parts and "xcross" in curve_models)
     )
-    for source in (
-        sources if needs_sources else []
-    ):  # one adapter per source domain, tested on its own domain
-        adapters[source] = folder = os.path.join(adapter_root, f"PromptLoRA-{source}")
-        load_state()
-        trained_here = (
-            row_key(f"PromptLoRA on {source}", source, source_examples) in state
+    adapters, feeds = {}, {}
+    if needs_sources:
+        stages, feeds = input_stages(
+            "XCross",
+            args.target,
+            config_dict=dict(common, source_datasets=sources),
+            scoped={"source": source_settings},
         )
-        if trained_here and not os.path.isdir(folder):
-            raise SystemExit(
-                f"{state_file} lists the {source} adapter but {folder} is gone: "
-                f"remove its rows from {state_file} to retrain it"
-            )
-        if not trained_here and os.path.isdir(folder):
-            row(
-                f"PromptLoRA on {source} (from {folder})",
-                "PromptLoRA",
-                source,
-                dict(source_limit, epochs=0, init_adapter=folder),
-                examples=source_examples,
-            )
-        else:
+        named = {stage["name"]: stage for stage in stages}
+        for source in sources:
+            stage = named[f"source {source}"]
+            adapters[source] = stage["output"]
             row(
                 f"PromptLoRA on {source}",
                 "PromptLoRA",
                 source,
-                dict(source_limit, adapter_dir=folder),
+                dict(source_settings, epochs=0, init_adapter=stage["output"]),
                 examples=source_examples,
+                stage=stage,
             )
 
-    xcross = {"source_datasets": sources, "source_adapter_dir": adapter_root}
+    xcross = dict(source_datasets=sources, **feeds)
     if "zeroshot" in parts and "baselines" not in parts:
         for (
             s
