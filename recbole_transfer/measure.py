@@ -100,7 +100,17 @@ def _fit_here(model, dataset, config_dict, sampled, config_files):
         epoch_times.append(time.time() - start)
         return loss
 
+    # each validation: (epochs trained by then, its score, seconds from the fit's start to its end)
+    validations = []
+    valid_epoch = trainer._valid_epoch
+
+    def timed_valid_epoch(*args, **kwargs):
+        score, result = valid_epoch(*args, **kwargs)
+        validations.append((len(epoch_times), float(score), time.time() - start))
+        return score, result
+
     trainer._train_epoch = timed_train_epoch
+    trainer._valid_epoch = timed_valid_epoch
     start = time.time()
     _, best_valid = trainer.fit(train, valid, saved=True, show_progress=False)
     if (
@@ -108,6 +118,8 @@ def _fit_here(model, dataset, config_dict, sampled, config_files):
     ):  # zero-shot: the loaded model's validation result, for choosing among models
         best_valid = trainer.evaluate(valid, load_best_model=False)
     fit_seconds = time.time() - start
+    peak_gpu_gib = _peak_gpu_gib(config)
+    best = _best_validation(validations, trainer)
     # epochs=0: nothing trained and no checkpoint (zero-shot evaluation of a loaded model)
     test_result = trainer.evaluate(test, load_best_model=config["epochs"] > 0)
     # per-user ranks of the test positives, where the trainer records them (PromptEvaluation)
@@ -132,6 +144,12 @@ def _fit_here(model, dataset, config_dict, sampled, config_files):
         "total": sum(p.numel() for p in net.parameters()),
         "hidden": config["hidden_size"],
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        # peak tensor memory on the CUDA device during the fit (None on CPU)
+        "peak_gpu_gib": peak_gpu_gib,
+        # the epoch (1-based count of epochs trained) of the best validation score and the seconds from the fit's
+        # start to the end of that validation (None when nothing was validated)
+        "best_epoch": best[0] if best else None,
+        "seconds_to_best": best[2] if best else None,
         "checkpoint": trainer.saved_model_file if config["epochs"] > 0 else None,
         "best_valid_score": (
             float(trainer.best_valid_score) if config["epochs"] > 0 else None
@@ -145,6 +163,27 @@ def _fit_here(model, dataset, config_dict, sampled, config_files):
             else None
         ),
     }
+
+
+def _peak_gpu_gib(config):
+    import torch
+
+    device = torch.device(config["device"])
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def _best_validation(validations, trainer):
+    """The first validation with the best score (the one early stopping kept), or None."""
+    if not validations:
+        return None
+    bigger = getattr(trainer, "valid_metric_bigger", True)
+    best = None
+    for entry in validations:
+        if best is None or (entry[1] > best[1] if bigger else entry[1] < best[1]):
+            best = entry
+    return best
 
 
 class RunFailed(RuntimeError):

@@ -1,0 +1,35 @@
+"""The measured run (``recbole_transfer.measure``): the epoch of the best validation score, the time to it and the
+peak device memory beside the older fields."""
+
+import types
+
+import torch
+
+from conftest import FAST
+
+from recbole_transfer.measure import _best_validation, fit_and_measure
+
+
+def test_best_validation_is_the_first_best_score():
+    validations = [(1, 0.1, 2.0), (2, 0.3, 4.0), (3, 0.3, 6.0), (4, 0.2, 8.0)]
+    assert _best_validation(validations, types.SimpleNamespace()) == (2, 0.3, 4.0)
+    smaller = types.SimpleNamespace(valid_metric_bigger=False)
+    assert _best_validation(validations, smaller) == (1, 0.1, 2.0)
+    assert _best_validation([], smaller) is None
+
+
+def test_fit_and_measure_reports_the_best_epoch(tiny_root, tmp_path):
+    settings = dict(
+        FAST,
+        data_path=str(tiny_root),
+        checkpoint_dir=str(tmp_path / "saved"),
+        epochs=3,
+    )
+    result = fit_and_measure("SASRec", "Scientific", settings)
+    assert result["epochs"] == 3
+    assert 1 <= result["best_epoch"] <= 3
+    assert 0 < result["seconds_to_best"] <= 60 * result["fit_minutes"]
+    if not torch.cuda.is_available():
+        assert result["peak_gpu_gib"] is None
+    # the older fields are unchanged
+    assert result["best_valid"]["ndcg@10"] == result["best_valid_score"]
