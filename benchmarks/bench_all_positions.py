@@ -32,15 +32,13 @@ import json
 import math
 import os
 import queue
-import statistics
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import RunFailed, fit_and_measure, machine  # noqa: E402
+from common import RunFailed, Study, fit_and_measure, machine, mean_se  # noqa: E402
 
 METRICS = ["recall@10", "ndcg@10", "recall@50", "ndcg@50"]
 
@@ -159,30 +157,9 @@ def model_settings(model, dataset, fraction):
 
 
 # --- the study --------------------------------------------------------------------------------------------------
-class Study:
+class PositionsStudy(Study):
     def __init__(self, args, overrides):
-        self.args = args
-        self.overrides = overrides
-        self.work = os.path.abspath(args.work or f"{args.out}-work")
-        self.lock = threading.Lock()
-        self.jobs = queue.PriorityQueue()
-        self.start = time.time()
-
-    def log(self, message):
-        print(f"[{time.time() - self.start:7.1f}s] {message}", flush=True)
-
-    def append(self, path, line):
-        with self.lock:
-            with open(path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(line) + "\n")
-            summarize(self.args.out)
-
-    def done(self):
-        path = f"{self.args.out}.jsonl"
-        if not os.path.isfile(path):
-            return set()
-        with open(path, encoding="utf-8") as f:
-            return {json.loads(line)["id"] for line in f if line.strip()}
+        super().__init__(args, overrides, summarize)
 
     def job(self, kind, model, dataset, fraction, form, seed, epochs=None):
         name = f"{kind}-{model}-{subset_name(dataset, fraction)}-{form}-{seed}"
@@ -237,7 +214,6 @@ class Study:
                     )
                     planned.append(((1, 0, p, m, f), job))
         done = self.done()
-        order = 0
         for rank, job in planned:
             if job["id"] in done:
                 continue
@@ -245,9 +221,10 @@ class Study:
             if isinstance(reason, str):
                 self.skip(job, reason)
                 continue
-            order += 1
-            self.jobs.put((rank, order, job))
-        self.log(f"{order} runs queued, {len(done)} already in {self.args.out}.jsonl")
+            self.push(rank, job)
+        self.log(
+            f"{self.order} runs queued, {len(done)} already in {self.args.out}.jsonl"
+        )
 
     def skip(self, job, reason):
         self.log(f"skip {job['id']}: {reason}")
@@ -301,7 +278,7 @@ class Study:
             overrides=self.overrides,
             machine=machine(),
         )
-        self.append(f"{self.args.out}.jsonl", line)
+        self.record(line)
         self.log(
             f"done {job['id']}: {result['epochs']} epochs, {result['epoch_seconds']:.2f} s/epoch, "
             f"best epoch {line['best_epoch']}, test ndcg@10 {result['test'].get('ndcg@10', math.nan):.4f}"
@@ -337,15 +314,6 @@ class Study:
 
 
 # --- summary ----------------------------------------------------------------------------------------------------
-def mean_se(values):
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return math.nan, math.nan
-    if len(values) == 1:
-        return values[0], math.nan
-    return statistics.mean(values), statistics.stdev(values) / math.sqrt(len(values))
-
-
 def cell(values, digits=4):
     m, se = mean_se(values)
     if math.isnan(m):
@@ -579,7 +547,7 @@ def main():
     overrides = parse_cli_overrides(rest)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     if not args.summarize:
-        Study(args, overrides).run()
+        PositionsStudy(args, overrides).run()
     summarize(args.out)
     if os.path.isfile(f"{args.out}.md"):
         print(f"wrote {args.out}.md")

@@ -47,7 +47,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import RunFailed, fit_and_measure, in_fresh_process, machine  # noqa: E402
+from common import (  # noqa: E402
+    RunFailed,
+    Study,
+    fit_and_measure,
+    in_fresh_process,
+    machine,
+    mean_se,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = os.path.join(REPO, "run_recbole_transfer.py")
@@ -135,31 +142,10 @@ def curve_points(epochs, count):
     return sorted(picked)
 
 
-class Study:
+class TransferStudy(Study):
     def __init__(self, args, overrides):
-        self.args = args
-        self.overrides = overrides
-        self.work = os.path.abspath(args.work or f"{args.out}-work")
-        self.lock = threading.Lock()
-        self.jobs = queue.PriorityQueue()
-        self.order = 0
+        super().__init__(args, overrides, summarize)
         self.pretraining_done = threading.Event()
-        self.start = time.time()
-
-    # --- bookkeeping ------------------------------------------------------------------------------------------
-    def log(self, message):
-        print(f"[{time.time() - self.start:7.1f}s] {message}", flush=True)
-
-    def record(self, line):
-        with self.lock:
-            with open(f"{self.args.out}.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(line) + "\n")
-            summarize(self.args.out)
-
-    def push(self, priority, job):
-        with self.lock:
-            self.order += 1
-            self.jobs.put((priority, self.order, job))
 
     # --- stages -----------------------------------------------------------------------------------------------
     def encode(self, pretrain_sets, targets):
@@ -304,13 +290,6 @@ class Study:
             **fields,
         )
 
-    def done(self):
-        path = f"{self.args.out}.jsonl"
-        if not os.path.isfile(path):
-            return set()
-        with open(path, encoding="utf-8") as f:
-            return {json.loads(line)["id"] for line in f if line.strip()}
-
     def run(self):
         args = self.args
         targets = args.targets.split(",")
@@ -447,14 +426,6 @@ class Study:
 
 
 # --- summary ----------------------------------------------------------------------------------------------------
-def mean_se(values):
-    if not values:
-        return float("nan"), float("nan")
-    if len(values) == 1:
-        return values[0], float("nan")
-    return statistics.mean(values), statistics.stdev(values) / math.sqrt(len(values))
-
-
 def groups(lines):
     grouped = {}
     for line in lines:
@@ -681,7 +652,7 @@ def main():
     overrides = parse_cli_overrides(rest)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     if not args.summarize:
-        Study(args, overrides).run()
+        TransferStudy(args, overrides).run()
     summarize(args.out)
     if os.path.isfile(f"{args.out}.jsonl"):
         plot(args.out)

@@ -2,9 +2,14 @@
 input stages (``recbole_transfer.recipe``), each in a fresh process."""
 
 import json
+import math
 import os
 import platform
+import queue
+import statistics
 import sys
+import threading
+import time
 from datetime import date
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -29,6 +34,8 @@ __all__ = [
     "input_stages",
     "stage_output",
     "stage_minutes",
+    "Study",
+    "mean_se",
 ]
 METRICS = ["recall@10", "ndcg@10", "recall@50", "ndcg@50"]
 
@@ -120,3 +127,53 @@ def stage_minutes(stage):
             return json.load(f).get("minutes")
     except (OSError, ValueError):
         return None
+
+
+def mean_se(values):
+    """Mean and one standard error (sample SD / sqrt n) of the values that are numbers; the SE is nan for one."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    if len(values) == 1:
+        return values[0], math.nan
+    return statistics.mean(values), statistics.stdev(values) / math.sqrt(len(values))
+
+
+class Study:
+    """A study's bookkeeping: runs in a priority queue for worker threads, time-stamped log lines, one JSON line per
+    finished run in ``<out>.jsonl`` (``summarize(out)`` rebuilds the tables after each) and the ids found there,
+    so that a study killed part-way skips its finished runs when started again."""
+
+    def __init__(self, args, overrides, summarize):
+        self.args = args
+        self.overrides = overrides
+        self.summarize = summarize
+        self.work = os.path.abspath(args.work or f"{args.out}-work")
+        self.lock = threading.Lock()
+        self.jobs = queue.PriorityQueue()
+        self.order = 0
+        self.start = time.time()
+
+    def log(self, message):
+        print(f"[{time.time() - self.start:7.1f}s] {message}", flush=True)
+
+    def append(self, path, line):
+        with self.lock:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(line) + "\n")
+            self.summarize(self.args.out)
+
+    def record(self, line):
+        self.append(f"{self.args.out}.jsonl", line)
+
+    def push(self, priority, job):
+        with self.lock:
+            self.order += 1
+            self.jobs.put((priority, self.order, job))
+
+    def done(self):
+        path = f"{self.args.out}.jsonl"
+        if not os.path.isfile(path):
+            return set()
+        with open(path, encoding="utf-8") as f:
+            return {json.loads(line)["id"] for line in f if line.strip()}

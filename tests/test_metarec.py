@@ -1,5 +1,7 @@
 """MetaRec: vector quantization, meta-gradients, gradient rescaling, the trainer and its switches."""
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -557,3 +559,31 @@ def test_bad_source_settings_are_one_line_errors(data_root, tmp_path):
         _build(data_root, tmp_path, inner_lr=-1.0)
     with pytest.raises(UserInputError, match="^vq_refresh_steps must be >= 0; got -1$"):
         _build(data_root, tmp_path, vq_refresh_steps=-1)
+
+
+def test_default_sources_are_the_family_without_the_target_end_to_end(
+    data_root, tmp_path
+):
+    """``--model=MetaRec --dataset=D`` with nothing else: the sources are every other dataset of D's shipped family
+    found beside it, never D, and one epoch trains and tests on them."""
+    from recbole_transfer.config import Config
+    from recbole_transfer.quick_start import run
+
+    settings = {k: v for k, v in SMALL.items() if k != "source_datasets"}
+
+    config = Config(
+        "MetaRec", "Scientific", config_dict=dict(settings, data_path=str(data_root))
+    )
+    assert sorted(config["source_datasets"]) == sorted(SOURCES)
+    assert "Scientific" not in config["source_datasets"]
+    result = run(
+        "MetaRec",
+        "Scientific",
+        config_dict=dict(
+            settings,
+            data_path=str(data_root),
+            checkpoint_dir=str(tmp_path / "saved"),
+        ),
+    )
+    assert result["checkpoint"] and os.path.isfile(result["checkpoint"])
+    assert set(result["test_result"]) >= {"recall@10", "ndcg@10"}
