@@ -91,10 +91,9 @@ def read_atomic(path):
 
 
 def write_atomic(path, header, lines):
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(header)
-        f.writelines(lines)
-    os.replace(path + ".tmp", path)
+    from recbole_transfer.utils import atomic_write_text
+
+    atomic_write_text(path, header + "".join(lines))
 
 
 def column(header, field):
