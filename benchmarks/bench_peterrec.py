@@ -23,7 +23,6 @@ LabelCS and from the first row of ``--runs``.
 import argparse
 import math
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -33,6 +32,7 @@ from common import (  # noqa: E402
     fit_and_measure,
     has_row,
     input_stages,
+    mean_se,
     stage_minutes,
     start_table,
 )
@@ -172,9 +172,9 @@ def main():
     print(f"wrote {out}")
 
 
-def mean_se(values):
-    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0
-    return f"{statistics.mean(values):.4f} ± {se:.4f}"
+def mean_se_cell(values):
+    m, se = mean_se(values)
+    return f"{m:.4f} ± {0 if math.isnan(se) else se:.4f}"
 
 
 def summarize_seeds(out, metrics, runs):
@@ -203,13 +203,18 @@ def summarize_seeds(out, metrics, runs):
     ]
     for (kind, mode, insertion), by_seed in sorted(table.items()):
         first = table.get((kind, *runs[0]), {})
-        cells = [mean_se([v[m] for v in by_seed.values()]) for m in shown]
+        cells = [mean_se_cell([v[m] for v in by_seed.values()]) for m in shown]
         cells += [
-            mean_se([v[m] - v[f"labelcs_{m}"] for v in by_seed.values()]) for m in shown
+            mean_se_cell([v[m] - v[f"labelcs_{m}"] for v in by_seed.values()])
+            for m in shown
         ]
         paired = [s for s in by_seed if s in first]
         cells += [
-            mean_se([by_seed[s][m] - first[s][m] for s in paired]) if paired else "–"
+            (
+                mean_se_cell([by_seed[s][m] - first[s][m] for s in paired])
+                if paired
+                else "–"
+            )
             for m in shown
         ]
         rows.append(
@@ -221,7 +226,7 @@ def summarize_seeds(out, metrics, runs):
     splits = next(iter(table.values()), {}).values()
     rows.append(
         f"| LabelCS (majority of each split's training labels) | – | – | {len(splits)} | "
-        + " | ".join(mean_se([v[f"labelcs_{m}"] for v in splits]) for m in shown)
+        + " | ".join(mean_se_cell([v[f"labelcs_{m}"] for v in splits]) for m in shown)
         + " |"
         + " – |" * 2 * len(shown)
     )

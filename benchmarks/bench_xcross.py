@@ -55,6 +55,7 @@ from common import (  # noqa: E402
     append_row,
     fit_and_measure,
     input_stages,
+    mean_se,
     stage_minutes,
     start_table,
 )
@@ -196,12 +197,8 @@ def reciprocal_ranks(ranks, cutoff=10):
 
 
 def standard_error(values):
-    """One standard error of the mean, sqrt(var / n) with the sample variance (n - 1)."""
-    n = len(values)
-    if n < 2:
-        return float("nan")
-    mean = sum(values) / n
-    return (sum((v - mean) ** 2 for v in values) / (n - 1) / n) ** 0.5
+    """One standard error of the mean, sqrt(var / n) with the sample variance (n - 1); nan below two values."""
+    return mean_se(values)[1]
 
 
 def paired(state, key, reference):
