@@ -250,9 +250,12 @@ class AllPositionsDataset:
                 next_index[part].append(i)
         self._drop_unused_col()
         train = self.all_positions_rows()
+        targets = int((train[self.target_list_field] > 0).sum())
+        # train_batch_size counts rows, and a row here carries several targets: the steps per epoch shrink alike
         self.logger.info(
             set_color("train_positions", "green")
-            + f" all: {len(train)} training rows, {int((train[self.target_list_field] > 0).sum())} targets"
+            + f" all: {len(train)} training rows, {targets} targets ({targets / max(1, len(train)):.1f} per row; "
+            f"train_batch_size counts rows, so an epoch has that many times fewer steps than with prefix rows)"
         )
         return [self.copy(train)] + [
             self.copy(self.inter_feat[torch.tensor(index, dtype=torch.long)])
