@@ -10,8 +10,10 @@ several shares of one dataset's users, to show how each form's cost grows with t
     python benchmarks/bench_all_positions.py --summarize --out=results/all_positions
     python benchmarks/bench_all_positions.py --dataset=Scientific --model=SASRec [--key=value ...]   # one pair
 
-Extra ``--key=value`` pairs go to every run (e.g. ``--gpu_id=0 --epochs=40 --stopping_step=5``; ``--epochs=1`` for a
-smoke run). Runs are queued by priority: the quality runs on the first dataset (every model and both forms, seed by
+``--all_batch_size=N`` gives the all form its own ``train_batch_size``: its rows are whole histories, each with
+several targets, so the same batch size means fewer optimizer steps per epoch than the prefix form's (the training
+log prints the targets per row; docs/RESULTS.md measures the effect). Extra ``--key=value`` pairs go to every run
+(e.g. ``--gpu_id=0 --epochs=40 --stopping_step=5``; ``--epochs=1`` for a smoke run). Runs are queued by priority: the quality runs on the first dataset (every model and both forms, seed by
 seed, so an interrupted study still has complete seed pairs), then the size rows (``--user_fractions`` of
 ``--size_dataset``'s users, ``--size_epochs`` epochs each, the first seed), then the quality runs on the other
 datasets. ``--jobs`` runs at a time, each in a fresh process; none starts after ``--minutes`` from the start.
@@ -161,14 +163,17 @@ class PositionsStudy(Study):
         super().__init__(args, overrides, summarize)
 
     def job(self, kind, model, dataset, fraction, form, seed, epochs=None):
+        # the all form's own train_batch_size (rows are whole histories there), where one is given
+        batch = self.args.all_batch_size if form == "all" else None
         name = f"{kind}-{model}-{subset_name(dataset, fraction)}-{form}-{seed}"
         return dict(
-            id=name,
+            id=name + (f"-b{batch}" if batch else ""),
             kind=kind,
             model=model,
             dataset=dataset,
             fraction=fraction,
             form=form,
+            batch=batch,
             seed=seed,
             epochs=epochs,
         )
@@ -251,6 +256,8 @@ class PositionsStudy(Study):
         )
         if job["epochs"] is not None:
             settings["epochs"] = job["epochs"]
+        if job.get("batch"):
+            settings["train_batch_size"] = job["batch"]
         self.log(f"start {job['id']}")
         began = time.time()
         try:
@@ -337,6 +344,12 @@ def read_lines(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
+def form_label(line):
+    """The form, with the all form's own batch size where the study gave one."""
+    batch = line.get("batch")
+    return f"{line['form']}, batch {batch}" if batch else line["form"]
+
+
 def grouped(lines, key):
     groups = {}
     for line in lines:
@@ -355,7 +368,7 @@ def quality_table(lines):
         "| minutes to best | valid N@10 | test N@10 | test R@10 | test N@50 | test R@50 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    groups = grouped(lines, lambda r: (r["model"], r["subset"], r["form"]))
+    groups = grouped(lines, lambda r: (r["model"], r["subset"], form_label(r)))
     for (model, dataset, form), runs in groups.items():
         rows.append(
             f"| {model} | {dataset} | {form} | {len(runs)} | "
@@ -390,13 +403,15 @@ def quality_table(lines):
         "Speed-ups are last ÷ all (> 1: all is faster); memory saved is 1 − all ÷ last; the test N@10 difference is "
         "all − last paired by seed (seeds with both forms).",
         "",
-        "| model | dataset | seed pairs | speed-up per epoch | speed-up to best | RSS saved | GPU memory saved "
-        "| test N@10 all − last |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | dataset | all form | seed pairs | speed-up per epoch | speed-up to best | RSS saved "
+        "| GPU memory saved | test N@10 all − last |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for model, dataset in dict.fromkeys((m, d) for m, d, _ in groups):
+    for model, dataset, form in groups:
+        if form == "last":
+            continue
         last = groups.get((model, dataset, "last"), [])
-        every = groups.get((model, dataset, "all"), [])
+        every = groups[(model, dataset, form)]
         by_seed = {r["seed"]: r for r in last}
         pairs = [(by_seed[r["seed"]], r) for r in every if r["seed"] in by_seed]
 
@@ -408,7 +423,7 @@ def quality_table(lines):
             )
 
         rows.append(
-            f"| {model} | {dataset} | {len(pairs)} | "
+            f"| {model} | {dataset} | {form} | {len(pairs)} | "
             + ratio(
                 [r["epoch_seconds"] for r in last], [r["epoch_seconds"] for r in every]
             )
@@ -434,7 +449,7 @@ def size_table(lines):
         "| model | dataset | users | form | runs | s / epoch | peak RSS GiB | peak GPU GiB |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    groups = grouped(lines, lambda r: (r["model"], r["fraction"], r["form"]))
+    groups = grouped(lines, lambda r: (r["model"], r["fraction"], form_label(r)))
     for (model, fraction, form), runs in sorted(
         groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "last")
     ):
@@ -457,13 +472,13 @@ def summarize(out):
     quality = [r for r in lines if r["kind"] == "quality"]
     sized = [r for r in lines if r["kind"] == "size"]
     size_datasets = {r["dataset"] for r in sized}
-    size_keys = {(r["model"], r["fraction"], r["form"]) for r in sized}
+    size_keys = {(r["model"], r["fraction"], form_label(r)) for r in sized}
     sized += [  # the full size dataset's quality runs stand in for a missing 100% size row
         r
         for r in quality
         if r["dataset"] in size_datasets
         and r["fraction"] >= 1
-        and (r["model"], r["fraction"], r["form"]) not in size_keys
+        and (r["model"], r["fraction"], form_label(r)) not in size_keys
     ]
     machines = sorted({r["machine"] for r in lines})
     overrides = sorted({json.dumps(r["overrides"]) for r in lines})
@@ -498,6 +513,12 @@ def main():
     )
     parser.add_argument("--seeds", default="2020")
     parser.add_argument("--forms", default="last,all")
+    parser.add_argument(
+        "--all_batch_size",
+        type=int,
+        default=None,
+        help="train_batch_size of the all form only (its rows are whole histories; default: the runs' own)",
+    )
     parser.add_argument(
         "--user_fractions",
         default="",
