@@ -5,6 +5,10 @@ fine-tuning mode x patch insertion, with the trainable-parameter share.
     python benchmarks/bench_peterrec.py --task=ml100k_gender --dataset=ml-100k [--kinds=causal] [--key=value ...]
     python benchmarks/bench_peterrec.py --task=ml100k_gender --dataset=ml-100k --kinds=causal --seeds=2020,...,2029 \
         --runs=peterrec:serial_c,fine_all:none,fine_cls:none,peter_zero:serial_c [--key=value ...]
+    python benchmarks/bench_peterrec.py ... --runs=peterrec:parallel_d,peterrec:parallel_d:parallel_shortcut=True
+
+A run is ``mode:insertion``, optionally followed by ``:key=value`` pairs that only that row sets (e.g. the paper's
+parallel shortcut or ``user_state=sum``); the row's mode cell names them.
 
 ``--task`` names a file in properties/task/. Pretraining is PeterRec's recipe stage ``pretrain``
 (``recbole_transfer.recipe``: PeterRec on the task's source, causal or not), run once per kind and then reused from
@@ -82,7 +86,7 @@ def main():
     parser.add_argument(
         "--runs",
         default="",
-        help="mode:insertion,... (default: every row of RUNS)",
+        help="mode:insertion[:key=value...],... (default: every row of RUNS)",
     )
     args, overrides = parser.parse_known_args()
     sys.path.insert(0, ROOT)
@@ -93,7 +97,10 @@ def main():
     task_file = os.path.join(ROOT, "properties", "task", f"{args.task}.yaml")
     metrics = PROFILE_METRICS if task["target_task"] == "profile" else ITEM_METRICS
     seeds = [int(x) for x in args.seeds.split(",") if x]
-    runs = [tuple(r.split(":")) for r in args.runs.split(",") if r] or RUNS
+    specs = [parse_run(r) for r in args.runs.split(",") if r] or [
+        (mode, insertion, {}) for mode, insertion in RUNS
+    ]
+    runs = [(run_label(mode, keys), insertion) for mode, insertion, keys in specs]
     suffix = "_seeds" if seeds else ""
     out = args.out or os.path.join("results", f"bench_peterrec_{args.task}{suffix}.md")
     start_table(
@@ -115,14 +122,20 @@ def main():
     for kind in args.kinds.split(","):
         causal = kind == "causal"
         labels = [
-            (mode, insertion, seed, f"| {args.task} | {kind} | {mode} | {insertion} |")
+            (
+                mode,
+                insertion,
+                keys,
+                seed,
+                f"| {args.task} | {kind} | {run_label(mode, keys)} | {insertion} |",
+            )
             for seed in seeds or [None]
-            for mode, insertion in runs
+            for mode, insertion, keys in specs
         ]
         if seeds:
             labels = [
-                (mode, insertion, seed, f"{label} {seed} |")
-                for mode, insertion, seed, label in labels
+                (mode, insertion, keys, seed, f"{label} {seed} |")
+                for mode, insertion, keys, seed, label in labels
             ]
         if all(has_row(out, label) for *_, label in labels):
             print(f"skip {kind}: every row already in {out}")
@@ -145,12 +158,13 @@ def main():
             f"pretrain {kind}: {pretrained} ({stage_minutes(stages[0])} min)",
             flush=True,
         )
-        for mode, insertion, seed, label in labels:
+        for mode, insertion, keys, seed, label in labels:
             if has_row(out, label):
                 print(f"skip {label}")
                 continue
             config = dict(
                 common,
+                **keys,
                 causal=causal,
                 finetune_mode=mode,
                 patch_insertion=insertion,
@@ -170,6 +184,18 @@ def main():
     if seeds:
         summarize_seeds(out, metrics, runs)
     print(f"wrote {out}")
+
+
+def parse_run(spec):
+    """'mode:insertion[:key=value...]' -> (mode, insertion, {key: value}), values read as the CLI reads them."""
+    from recbole_transfer.config import parse_cli_overrides
+
+    mode, insertion, *pairs = spec.split(":")
+    return mode, insertion, parse_cli_overrides([f"--{pair}" for pair in pairs])
+
+
+def run_label(mode, keys):
+    return " ".join([mode, *(f"{k}={v}" for k, v in keys.items())])
 
 
 def mean_se_cell(values):

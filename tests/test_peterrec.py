@@ -446,6 +446,31 @@ def test_each_mode_trains_exactly_the_parameters_it_names(
     assert changed == declared
 
 
+def test_item_loss_is_bpr_on_the_full_head_scores(pair_root, tmp_path, pretrained):
+    """The loss reads only the label's and the negative's head rows: the same value and gradient as BPR over
+    ``self.output(user)``, the full score matrix, with the same negatives."""
+    import torch.nn.functional as F
+
+    _, model, _, (train, _, _) = _finetune(pair_root, tmp_path, pretrained)
+    model.eval()  # no dropout: both passes see the same states
+    batch = next(iter(train))
+    torch.manual_seed(7)
+    loss = model.calculate_loss(batch)
+    grads = torch.autograd.grad(loss, [model.output.weight, model.output.bias])
+    torch.manual_seed(7)
+    label = batch[model.ITEM_ID]
+    scores = model.output(model.user_representation(model.input_sequences(batch)))
+    negative = torch.randint(1, model.n_items - 1, label.shape)
+    negative = negative + (negative >= label).long()
+    rows = torch.arange(len(label))
+    reference = -F.logsigmoid(scores[rows, label] - scores[rows, negative]).mean()
+    expected = torch.autograd.grad(reference, [model.output.weight, model.output.bias])
+    assert torch.allclose(loss, reference, atol=1e-6)
+    for got, want in zip(grads, expected):
+        assert torch.allclose(got, want, atol=1e-6)
+    assert (grads[0].abs().sum(1) > 0).sum() <= 2 * len(label)
+
+
 def test_fresh_patches_keep_the_pretrained_user_states(pair_root, tmp_path, pretrained):
     _, patched, _, _ = _finetune(
         pair_root, tmp_path, pretrained, patch_insertion="serial_b"
