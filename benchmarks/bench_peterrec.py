@@ -22,6 +22,9 @@ With ``--seeds`` every row runs once per seed (the fine-tuning seed, which also 
 split; pretraining stays one run) into ``<out>`` with a seed column, and the summary ``<out minus .md>_summary.md``
 gives each row's mean ± one standard error over seeds and its paired difference (same seed, same split) from
 LabelCS and from the first row of ``--runs``.
+
+``--compare=a.md,b.md`` prints, for the rows two ``--seeds`` tables share, each one's mean ± SE and their difference
+paired by seed (e.g. the item tasks' two protocols, ``source_history`` before_target and whole); nothing runs.
 """
 
 import argparse
@@ -88,8 +91,22 @@ def main():
         default="",
         help="mode:insertion[:key=value...],... (default: every row of RUNS)",
     )
+    parser.add_argument(
+        "--compare",
+        default="",
+        help="first.md,second.md: two --seeds tables (e.g. two protocols), paired by seed; nothing runs",
+    )
     args, overrides = parser.parse_known_args()
     sys.path.insert(0, ROOT)
+    if args.compare:
+        first, second = args.compare.split(",")
+        task = read_task(args.task)
+        compare_tables(
+            first,
+            second,
+            PROFILE_METRICS[:2] if task["target_task"] == "profile" else ITEM_METRICS,
+        )
+        return
     from recbole_transfer.config import parse_cli_overrides
 
     common = parse_cli_overrides(overrides)
@@ -203,10 +220,10 @@ def mean_se_cell(values):
     return f"{m:.4f} ± {0 if math.isnan(se) else se:.4f}"
 
 
-def summarize_seeds(out, metrics, runs):
-    """Mean ± SE over seeds per (kind, mode, insertion), and paired differences from LabelCS and the first run."""
-    table = {}  # (kind, mode, insertion) -> {seed: {metric: value}}
-    with open(out, encoding="utf-8") as f:
+def read_seed_table(path, metrics):
+    """{(kind, mode, insertion): {seed: {metric: value}}} from a ``--seeds`` table."""
+    table = {}
+    with open(path, encoding="utf-8") as f:
         for line in f:
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
             if len(cells) < 7 + len(metrics) or not cells[4].isdigit():
@@ -215,25 +232,63 @@ def summarize_seeds(out, metrics, runs):
             table.setdefault(tuple(cells[1:4]), {})[int(cells[4])] = dict(
                 zip(metrics, map(float, values))
             )
+    return table
+
+
+def compare_tables(first, second, metrics):
+    """Per row of both ``--seeds`` tables: each one's mean ± SE and the paired (same seed) difference second −
+    first, absolute and relative to the first's mean."""
+    a, b = read_seed_table(first, metrics), read_seed_table(second, metrics)
+    name_a, name_b = (os.path.basename(p)[: -len(".md")] for p in (first, second))
+    rows = [
+        f"<!-- mean ± one SE over seeds; differences {name_b} − {name_a}, paired by seed -->",
+        "| kind | mode | insertion | seeds | metric | "
+        + f"{name_a} | {name_b} | difference | relative |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in [k for k in a if k in b]:
+        seeds = sorted(set(a[key]) & set(b[key]))
+        if not seeds:
+            continue
+        for m in metrics:
+            before, after = [a[key][s][m] for s in seeds], [b[key][s][m] for s in seeds]
+            diff, diff_se = mean_se([y - x for x, y in zip(before, after)])
+            mean_a = mean_se(before)[0]
+            relative = f"{100 * diff / mean_a:+.1f}%" if mean_a else "–"
+            se = 0 if math.isnan(diff_se) else diff_se
+            rows.append(
+                f"| {' | '.join(key)} | {len(seeds)} | {m} | {mean_se_cell(before)} | {mean_se_cell(after)} | "
+                f"{diff:+.4f} ± {se:.4f} | {relative} |"
+            )
+    print("\n".join(rows))
+    return rows
+
+
+def summarize_seeds(out, metrics, runs):
+    """Mean ± SE over seeds per (kind, mode, insertion), and paired differences from the first run and, for
+    profile tasks, from LabelCS."""
+    table = read_seed_table(out, metrics)
     shown = [m for m in metrics if not m.startswith("labelcs")]
+    labelcs = len(shown) < len(
+        metrics
+    )  # profile tasks record each split's majority baseline
+    baselines = (["LabelCS"] if labelcs else []) + [runs[0][0]]
     rows = [
         f"<!-- from {os.path.basename(out)}: mean ± one SE over seeds; differences paired by seed -->",
         "| kind | mode | insertion | seeds | "
         + " | ".join(shown)
-        + " | "
-        + " | ".join(f"{m} − LabelCS" for m in shown)
-        + " | "
-        + " | ".join(f"{m} − {runs[0][0]}" for m in shown)
+        + "".join(f" | {m} − {b}" for b in baselines for m in shown)
         + " |",
-        "|---|---|---|---|" + "---|" * 3 * len(shown),
+        "|---|---|---|---|" + "---|" * (1 + len(baselines)) * len(shown),
     ]
     for (kind, mode, insertion), by_seed in sorted(table.items()):
         first = table.get((kind, *runs[0]), {})
         cells = [mean_se_cell([v[m] for v in by_seed.values()]) for m in shown]
-        cells += [
-            mean_se_cell([v[m] - v[f"labelcs_{m}"] for v in by_seed.values()])
-            for m in shown
-        ]
+        if labelcs:
+            cells += [
+                mean_se_cell([v[m] - v[f"labelcs_{m}"] for v in by_seed.values()])
+                for m in shown
+            ]
         paired = [s for s in by_seed if s in first]
         cells += [
             (
@@ -248,14 +303,16 @@ def summarize_seeds(out, metrics, runs):
             + " | ".join(cells)
             + " |"
         )
-    # LabelCS depends on the split only: any row's seeds give it
-    splits = next(iter(table.values()), {}).values()
-    rows.append(
-        f"| LabelCS (majority of each split's training labels) | – | – | {len(splits)} | "
-        + " | ".join(mean_se_cell([v[f"labelcs_{m}"] for v in splits]) for m in shown)
-        + " |"
-        + " – |" * 2 * len(shown)
-    )
+    if labelcs:  # LabelCS depends on the split only: any row's seeds give it
+        splits = next(iter(table.values()), {}).values()
+        rows.append(
+            f"| LabelCS (majority of each split's training labels) | – | – | {len(splits)} | "
+            + " | ".join(
+                mean_se_cell([v[f"labelcs_{m}"] for v in splits]) for m in shown
+            )
+            + " |"
+            + " – |" * 2 * len(shown)
+        )
     path = out[: -len(".md")] + "_summary.md"
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(rows) + "\n")
