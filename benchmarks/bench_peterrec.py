@@ -319,7 +319,7 @@ def run_label(mode, keys):
 
 def mean_se_cell(values):
     m, se = mean_se(values)
-    return f"{m:.4f} ± {0 if math.isnan(se) else se:.4f}"
+    return f"{m:.4f} ± " + ("–" if math.isnan(se) else f"{se:.4f}")
 
 
 def read_seed_table(path, metrics):
@@ -342,6 +342,8 @@ def compare_tables(first, second, metrics):
     first, absolute and relative to the first's mean."""
     a, b = read_seed_table(first, metrics), read_seed_table(second, metrics)
     name_a, name_b = (os.path.basename(p)[: -len(".md")] for p in (first, second))
+    common = len(os.path.commonprefix([name_a, name_b]))
+    name_a, name_b = name_a[common:] or name_a, name_b[common:] or name_b
     rows = [
         f"<!-- mean ± one SE over seeds; differences {name_b} − {name_a}, paired by seed -->",
         "| kind | mode | insertion | seeds | metric | "
@@ -357,10 +359,10 @@ def compare_tables(first, second, metrics):
             diff, diff_se = mean_se([y - x for x, y in zip(before, after)])
             mean_a = mean_se(before)[0]
             relative = f"{100 * diff / mean_a:+.1f}%" if mean_a else "–"
-            se = 0 if math.isnan(diff_se) else diff_se
+            se = "–" if math.isnan(diff_se) else f"{diff_se:.4f}"
             rows.append(
                 f"| {' | '.join(key)} | {len(seeds)} | {m} | {mean_se_cell(before)} | {mean_se_cell(after)} | "
-                f"{diff:+.4f} ± {se:.4f} | {relative} |"
+                f"{diff:+.4f} ± {se} | {relative} |"
             )
     print("\n".join(rows))
     return rows
