@@ -106,19 +106,17 @@ def main():
     )
     args, overrides = parser.parse_known_args()
     sys.path.insert(0, ROOT)
-    if args.compare:
-        first, second = args.compare.split(",")
-        task = read_task(args.task)
-        compare_tables(
-            first,
-            second,
-            PROFILE_METRICS[:2] if task["target_task"] == "profile" else ITEM_METRICS,
-        )
-        return
     from recbole_transfer.config import parse_cli_overrides
 
     common = parse_cli_overrides(overrides)
     task = read_task(args.task)
+    metrics = PROFILE_METRICS if task["target_task"] == "profile" else ITEM_METRICS
+    if args.compare:
+        first, second = args.compare.split(",")
+        compare_tables(
+            first, second, [m for m in metrics if not m.startswith("labelcs")]
+        )
+        return
     if args.recent_popularity:
         recent_popularity(
             args.task,
@@ -129,7 +127,6 @@ def main():
         )
         return
     task_file = os.path.join(ROOT, "properties", "task", f"{args.task}.yaml")
-    metrics = PROFILE_METRICS if task["target_task"] == "profile" else ITEM_METRICS
     seeds = [int(x) for x in args.seeds.split(",") if x]
     specs = [parse_run(r) for r in args.runs.split(",") if r] or [
         (mode, insertion, {}) for mode, insertion in RUNS
