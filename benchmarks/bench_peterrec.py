@@ -110,6 +110,7 @@ def main():
 
     common = parse_cli_overrides(overrides)
     task = read_task(args.task)
+    task_file = os.path.join(ROOT, "properties", "task", f"{args.task}.yaml")
     metrics = PROFILE_METRICS if task["target_task"] == "profile" else ITEM_METRICS
     if args.compare:
         first, second = args.compare.split(",")
@@ -120,13 +121,13 @@ def main():
     if args.recent_popularity:
         recent_popularity(
             args.task,
+            task_file,
             args.dataset,
             common,
             [int(d) for d in args.recent_popularity.split(",")],
             args.out,
         )
         return
-    task_file = os.path.join(ROOT, "properties", "task", f"{args.task}.yaml")
     seeds = [int(x) for x in args.seeds.split(",") if x]
     specs = [parse_run(r) for r in args.runs.split(",") if r] or [
         (mode, insertion, {}) for mode, insertion in RUNS
@@ -217,7 +218,7 @@ def main():
     print(f"wrote {out}")
 
 
-def recent_popularity(task, dataset, common, windows_days, out=None):
+def recent_popularity(task, task_file, dataset, common, windows_days, out=None):
     """Non-personal references on an item task's own RecBole split and full-ranking masks: items ranked by their
     training interactions (all users) in the ``d`` days before the ranked row's time, for each window, and over
     the whole training split. Nothing after the ranked row's time is counted. Ties go to the more popular item
@@ -232,7 +233,7 @@ def recent_popularity(task, dataset, common, windows_days, out=None):
     config = Config(
         model="PeterRec",
         dataset=dataset,
-        config_file_list=[os.path.join(ROOT, "properties", "task", f"{task}.yaml")],
+        config_file_list=[task_file],
         config_dict=dict(common, pretrained_path=None),
     )
     train, valid, test = data_preparation(config, create_dataset(config))
