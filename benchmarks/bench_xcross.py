@@ -6,13 +6,15 @@ per epoch.
 
     python benchmarks/bench_xcross.py --target=Tools --sources=Sports,Electronics [--sizes=50,100,250,500,1000]
         [--subsets=3] [--first_subset=0] [--parts=baselines,lora,xcross,start,curve,ablations]
-        [--xcross_lrs=1e-4,3e-4] [--validate=all|choices] [--source_examples=N] [--key=value ...]
+        [--xcross_lrs=1e-4,3e-4] [--validate=all|choices] [--source_examples=N] [--source_eval_users=N]
+        [--key=value ...]
 
-``--key=value`` pairs go to every run; ``--source_examples`` sets the sources' ``max_train_examples`` apart from the
-target's. ``--parts`` runs only some row groups after the source adapters: ``baselines`` (zero-shot sources,
-Pooler+Scorer), ``zeroshot`` (only the zero-shot rows of ``--sources``), ``lora`` (a new LoRA on the target),
-``xcross`` (X-Cross), ``start`` (X-Cross's untrained starting point), ``curve`` (``--curve_models`` of
-``xcross,lora``), ``ablations`` (``--ablations``, of ``Layers,Interactions,Experts``). A part that needs no source
+``--key=value`` pairs go to every run; ``--source_examples`` and ``--source_eval_users`` set the sources'
+``max_train_examples`` and ``max_eval_users`` apart from the target's (fix ``--source_eval_users`` when runs of one
+table differ in ``max_eval_users``: the source stages are keyed by it, and each run would otherwise train its own).
+``--parts`` runs only some row groups after the source adapters: ``baselines`` (zero-shot sources, Pooler+Scorer),
+``zeroshot`` (only the zero-shot rows of ``--sources``), ``lora`` (a new LoRA on the target), ``xcross`` (X-Cross),
+``start`` (X-Cross's untrained starting point), ``curve`` (``--curve_models`` of ``xcross,lora``), ``ablations`` (``--ablations``, of ``Layers,Interactions,Experts``). A part that needs no source
 (``lora``, a LoRA-only curve) skips the source adapters. Rows are appended to ``--out`` as they finish (rows already
 there are skipped); results are kept in ``<out>.json``, into which each row is merged when it finishes, so runs of
 other parts can share one ``--out`` at the same time. The source adapters are XCross's recipe stages (as
@@ -211,6 +213,19 @@ def paired(state, key, reference):
     return sum(differences) / len(differences), standard_error(differences)
 
 
+def source_stage_settings(common, source_examples=None, source_eval_users=None):
+    """The settings of the source adapters' stages: every run's keys but X-Cross's own, with ``max_train_examples``
+    and ``max_eval_users`` of their own where given. A stage is keyed by all of its settings, ``max_eval_users``
+    included (it picks the best-validation epoch), so runs with different target ``max_eval_users`` share one
+    source adapter only when ``source_eval_users`` fixes it."""
+    settings = {k: v for k, v in common.items() if not k.startswith("xcross_")}
+    if source_examples is not None:
+        settings["max_train_examples"] = source_examples
+    if source_eval_users is not None:
+        settings["max_eval_users"] = source_eval_users
+    return settings
+
+
 def report(state_file):
     """The rows of ``<out>.json`` as one markdown table (SE: one standard error of MRR@10 over the test users) and
     X-Cross's paired differences of MRR@10 against the other rows."""
@@ -348,6 +363,12 @@ def main():
         default=None,
         help="max_train_examples of the source adapters (default: that of the run)",
     )
+    parser.add_argument(
+        "--source_eval_users",
+        type=int,
+        default=None,
+        help="max_eval_users of the source adapters (default: that of the run)",
+    )
     parser.add_argument("--out", default=None)
     parser.add_argument("--adapters", default=None, help=argparse.SUPPRESS)
     args, overrides = parser.parse_known_args()
@@ -453,11 +474,9 @@ def main():
 
     # the source adapters are the recipe's stages of XCross (one PromptLoRA per source, cached under
     # saved/stages/ by their settings, so tables with the same settings share them); each is tested on its domain
-    source_settings = {  # every run's keys (the sources may train on more examples than a small target)
-        k: v for k, v in common.items() if not k.startswith("xcross_")
-    }
-    if args.source_examples is not None:
-        source_settings["max_train_examples"] = args.source_examples
+    source_settings = source_stage_settings(
+        common, args.source_examples, args.source_eval_users
+    )
     source_examples = args.source_examples or all_examples
     curve_models = args.curve_models.split(",")
     needs_sources = (

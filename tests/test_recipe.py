@@ -303,3 +303,34 @@ def test_peterrec_recipe_pretrains_on_the_source_then_finetunes(tmp_path, monkey
     settings = dict(settings, finetune_mode="fine_all")
     run_recipe("PeterRec", "ABE_Electronics", whole, settings, pretrain_keys)
     assert recorder.calls == [("PeterRec", "ABE_Electronics")]
+
+
+def test_bench_xcross_source_eval_users_shares_the_source_stages_across_target_eval_users(
+    tmp_path,
+):
+    """The source stages are keyed by ``max_eval_users``: two runs of one X-Cross table with different target
+    ``max_eval_users`` plan different source adapters unless ``--source_eval_users`` fixes the sources' own.
+    """
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench_xcross
+
+    root = tmp_path / "data"
+    for name in ("Tools", "Sports", "Electronics"):
+        cut_users(name, 20, root)
+    settings = dict(PROMPT, data_path=str(root), checkpoint_dir=str(tmp_path / "saved"))
+
+    def source_folders(eval_users, source_eval_users):
+        common = dict(settings, max_eval_users=eval_users)
+        scoped = bench_xcross.source_stage_settings(
+            common, source_examples=30, source_eval_users=source_eval_users
+        )
+        _, stages, _ = plan(
+            "XCross", "Tools", config_dict=common, scoped={"source": scoped}
+        )
+        return [stage["folder"] for stage in stages]
+
+    assert source_folders(10, None) != source_folders(5, None)
+    assert source_folders(10, 8) == source_folders(5, 8)
+    assert len(set(source_folders(10, 8))) == 2  # one adapter per source
