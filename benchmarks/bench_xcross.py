@@ -14,8 +14,9 @@ per epoch.
 table differ in ``max_eval_users``: the source stages are keyed by it, and each run would otherwise train its own).
 ``--parts`` runs only some row groups after the source adapters: ``baselines`` (zero-shot sources, Pooler+Scorer),
 ``zeroshot`` (only the zero-shot rows of ``--sources``), ``lora`` (a new LoRA on the target), ``xcross`` (X-Cross),
-``start`` (X-Cross's untrained starting point), ``curve`` (``--curve_models`` of ``xcross,lora``), ``ablations`` (``--ablations``, of ``Layers,Interactions,Experts``). A part that needs no source
-(``lora``, a LoRA-only curve) skips the source adapters. Rows are appended to ``--out`` as they finish (rows already
+``start`` (X-Cross's untrained starting point), ``curve`` (``--curve_models`` of ``xcross,lora``), ``ablations``
+(``--ablations``, of ``Layers,Interactions,Experts``). A part that needs no source (``lora``, a LoRA-only curve)
+skips the source adapters. Rows are appended to ``--out`` as they finish (rows already
 there are skipped); results are kept in ``<out>.json``, into which each row is merged when it finishes, so runs of
 other parts can share one ``--out`` at the same time. The source adapters are XCross's recipe stages (as
 ``run_recbole_transfer.py --model=XCross`` runs them: one PromptLoRA per source with the run's ``--key=value`` pairs,
