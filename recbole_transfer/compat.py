@@ -7,6 +7,7 @@ quiets known warnings. Nothing else in the package modifies a third-party object
 """
 
 import functools
+import itertools
 import os
 from contextlib import contextmanager
 
@@ -251,6 +252,24 @@ def _collector_class():
     return PluginCollector
 
 
+_CHECKPOINTS_NAMED = itertools.count()
+
+
+def _unique_checkpoint_file(path, config):
+    """RecBole names a trainer's checkpoint ``<model>-<local time to the second>.pth``: two trainers started in the
+    same second (two benchmark processes, or two in one process) write and then load each other's best weights,
+    silently when their models have the same keys. The process id and a per-process count keep every name apart;
+    under DDP every rank takes rank 0's name, since rank 0 writes the file that all ranks reload.
+    """
+    stem, ext = os.path.splitext(path)
+    name = f"{stem}-{os.getpid()}-{next(_CHECKPOINTS_NAMED)}{ext}"
+    if not config["single_spec"] and torch.distributed.is_initialized():
+        shared = [name]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        name = shared[0]
+    return name
+
+
 class PluginTrainer:
     """Mixin placed before a RecBole trainer class (``plugin_trainer``); each override says why it exists."""
 
@@ -274,6 +293,7 @@ class PluginTrainer:
             )
         if hasattr(self, "eval_collector"):
             self.eval_collector = _collector_class()(config)
+        self.saved_model_file = _unique_checkpoint_file(self.saved_model_file, config)
         # RecBole 1.2.1's SINE module calls ``torch.autograd.set_detect_anomaly(True)`` when it is imported (any
         # import of recbole.model.sequential_recommender): every forward op then records its stack and every
         # backward op checks its output for NaN, a third of a MetaRec iteration on CPU. Nothing here relies on it.

@@ -38,6 +38,28 @@ def test_numpy2_removed_names_restored(monkeypatch):
     Config(model="SASRec", dataset="ml-100k", config_dict={"show_progress": False})
 
 
+def test_trainers_started_in_the_same_second_write_different_checkpoints(
+    tiny_root, tmp_path, monkeypatch
+):
+    """RecBole names checkpoints by the second; two trainers of that second must not share (and so load) one file."""
+    import recbole.trainer.trainer as recbole_trainer
+
+    monkeypatch.setattr(
+        recbole_trainer, "get_local_time", lambda: "Dec-05-2026_02-17-33"
+    )
+    files = [
+        build("SASRec", "Scientific", config_dict=_tiny(tiny_root, tmp_path))[
+            2
+        ].saved_model_file
+        for _ in range(2)
+    ]
+    assert files[0] != files[1]
+    for file in files:
+        assert os.path.dirname(file) == str(tmp_path / "saved")
+        assert os.path.basename(file).startswith("SASRec-Dec-05-2026_02-17-33-")
+        assert file.endswith(".pth")
+
+
 def test_checkpoint_loads_safely_and_resumes(tiny_root, tmp_path):
     config, model, trainer, (train, valid, test) = build(
         "SASRec", "Scientific", config_dict=_tiny(tiny_root, tmp_path)
