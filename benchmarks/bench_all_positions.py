@@ -181,7 +181,7 @@ class PositionsStudy(Study):
     def queue_all(self):
         args = self.args
         models = args.models.split(",")
-        datasets = args.datasets.split(",")
+        datasets = [d for d in args.datasets.split(",") if d]  # none: size rows only
         seeds = [int(s) for s in args.seeds.split(",")]
         forms = args.forms.split(",")
         fractions = [float(f) for f in args.user_fractions.split(",") if f]
@@ -506,7 +506,11 @@ def main():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--models", default="SASRec")
-    parser.add_argument("--datasets", default="Scientific")
+    parser.add_argument(
+        "--datasets",
+        default="Scientific",
+        help="datasets of the quality runs (empty: size rows only)",
+    )
     parser.add_argument("--model", default=None, help="one model (same as --models)")
     parser.add_argument(
         "--dataset", default=None, help="one dataset (same as --datasets)"
@@ -557,7 +561,8 @@ def main():
     if args.out is None:
         args.out = os.path.join(
             "results",
-            f"bench_all_positions_{args.datasets.replace(',', '-')}_{args.models.replace(',', '-')}",
+            f"bench_all_positions_{args.datasets.replace(',', '-') or args.size_dataset}_"
+            f"{args.models.replace(',', '-')}",
         )
     if args.out.endswith(".md"):
         args.out = args.out[: -len(".md")]
