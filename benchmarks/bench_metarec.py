@@ -7,7 +7,12 @@ meta iteration and a joint step read the same batches, so their ratio is the pri
         --source_datasets="['Pantry','Games','Electronics','Sports','Toys','Tools']"
 
 ``--key=value`` pairs go to every run. Rows are appended to ``--out`` as they finish (rows already there are
-skipped).
+skipped). ``--seeds=2020,2021,2022`` runs each row once per seed into a table with a seed column and writes the
+summary ``<out minus .md>_summary.md``: mean ± one standard error per row and the difference to LRURec on MetaRec's
+batches (``target``), paired by seed:
+
+    python benchmarks/bench_metarec.py --dataset=Scientific --train_positions=all --MAX_ITEM_LIST_LENGTH=20 \
+        --runs=target,pretrained,joint,metarec,control --seeds=2020,2021,2022 --out=results/metarec_seeds.md
 
 Diagnosis of the meta path (``trainer.meta.diagnose``; dropout off unless ``--dropout_prob`` says otherwise): per
 parameter group the inner-step size ||theta - phi|| / ||theta||, how far the meta-gradient is from the plain target
@@ -39,11 +44,30 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import append_row, fit_and_measure, has_row, start_table  # noqa: E402
+from common import (  # noqa: E402
+    append_row,
+    fit_and_measure,
+    has_row,
+    mean_se,
+    start_table,
+)
 
 # name -> (label, model, settings)
 RUNS = {
     "lrurec": ("LRURec (target only)", "LRURec", {}),
+    # the same target batches as MetaRec (meta_tasks x train_batch_size per step), no source read
+    "target": (
+        "LRURec on MetaRec's batches (target only)",
+        "MetaRec",
+        {"transfer": "target"},
+    ),
+    # the plainest transfer: the body trained on the sources alone, then on the target (item tables are per domain)
+    "pretrained": (
+        "source-pretrained body (2 source epochs, no VQ), then the target",
+        "MetaRec",
+        {"transfer": "target", "source_pretrain_epochs": 2, "vq_heads": 0},
+    ),
+    "control": ("MetaRec, inner_lr 0 (control)", "MetaRec", {"inner_lr": 0.0}),
     "sasrec": ("SASRec (stock RecBole, target only)", "SASRec", {}),
     "joint": ("joint training (w/o meta transfer)", "MetaRec", {"transfer": "joint"}),
     "metarec": ("MetaRec", "MetaRec", {}),
@@ -57,6 +81,7 @@ RUNS = {
     ),
 }
 METRICS = ["ndcg@10", "recall@10", "mrr@10"]
+BASELINE = RUNS["target"][0]
 PAPER_METRICS = {
     "metrics": ["Recall", "NDCG", "MRR"],
     "topk": [10],
@@ -229,6 +254,9 @@ def main():
         action="store_true",
         help="print the diagnosis of the meta path (no results table)",
     )
+    parser.add_argument(
+        "--seeds", default=None, help="'2020,2021,2022': each row once per seed"
+    )
     parser.add_argument("--iterations", type=int, default=6)
     parser.add_argument("--grid", default=None, help="'key=v1,v2 key2=...'")
     parser.add_argument("--timing", type=int, default=0, help="iterations to time")
@@ -259,34 +287,108 @@ def main():
         return
     common = dict(PAPER_METRICS, **parse_cli_overrides(overrides))
     out = args.out or os.path.join("results", f"bench_metarec_{args.dataset}.md")
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [None]
     start_table(
         out,
         common,
         [
             "run",
             "target",
+            *(["seed"] if args.seeds else []),
             "params (total)",
             "epochs",
+            "best epoch",
             *METRICS,
             "s/epoch",
             "s/iteration",
+            "fit min",
         ],
     )
-    for name in args.runs.split(","):
-        label, model, settings = RUNS[name]
-        row = f"| {label} | {args.dataset} |"
-        if has_row(out, row):
-            print(f"skip {row}")
-            continue
-        result = fit_and_measure(model, args.dataset, dict(common, **settings))
-        iteration = result["iteration_seconds"]
-        line = (
-            f"{row} {result['total']:,} | {result['epochs']} | "
-            + " | ".join(f"{result['test'][m]:.4f}" for m in METRICS)
-            + f" | {result['epoch_seconds']:.1f} | {'' if iteration is None else f'{iteration:.2f}'} |"
-        )
-        append_row(out, line)
+    for seed in seeds:
+        for name in args.runs.split(","):
+            label, model, settings = RUNS[name]
+            row = f"| {label} | {args.dataset} |" + (
+                "" if seed is None else f" {seed} |"
+            )
+            if has_row(out, row):
+                print(f"skip {row}")
+                continue
+            config = dict(
+                common, **settings, **({} if seed is None else {"seed": seed})
+            )
+            result = fit_and_measure(model, args.dataset, config)
+            iteration = result["iteration_seconds"]
+            line = (
+                f"{row} {result['total']:,} | {result['epochs']} | {result['best_epoch']} | "
+                + " | ".join(f"{result['test'][m]:.4f}" for m in METRICS)
+                + f" | {result['epoch_seconds']:.1f} | {'' if iteration is None else f'{iteration:.2f}'} "
+                f"| {result['fit_minutes']:.1f} |"
+            )
+            append_row(out, line)
+    if args.seeds:
+        write_summary(out)
     print(f"wrote {out}")
+
+
+def read_seed_rows(path):
+    """{run label: {seed: {metric: value}}} from a ``--seeds`` table."""
+    rows = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) < 6 + len(METRICS) or not cells[2].isdigit():
+                continue
+            values = cells[6 : 6 + len(METRICS)]
+            rows.setdefault(cells[0], {})[int(cells[2])] = dict(
+                zip(METRICS, map(float, values))
+            )
+    return rows
+
+
+def write_summary(path):
+    rows = read_seed_rows(path)
+    baseline = rows.get(BASELINE, {})
+
+    def cell(values):
+        mean, se = mean_se(values)
+        return f"{mean:.4f} ± " + ("–" if se != se else f"{se:.4f}")
+
+    lines = [
+        f"Summary of {os.path.basename(path)}: mean ± one standard error over seeds; the difference to "
+        f"'{BASELINE}' paired by seed (seeds both have).",
+        "",
+        "| run | seeds | "
+        + " | ".join(METRICS)
+        + " | "
+        + " | ".join(f"{m} − LRURec (same batches)" for m in METRICS)
+        + " |",
+        "|---|---|" + "---|" * (2 * len(METRICS)),
+    ]
+    for label, by_seed in rows.items():
+        paired = sorted(set(by_seed) & set(baseline))
+        diffs = [
+            (
+                cell([by_seed[s][m] - baseline[s][m] for s in paired])
+                if paired and label != BASELINE
+                else ""
+            )
+            for m in METRICS
+        ]
+        lines.append(
+            f"| {label} | {len(by_seed)} | "
+            + " | ".join(cell([v[m] for v in by_seed.values()]) for m in METRICS)
+            + " | "
+            + " | ".join(diffs)
+            + " |"
+        )
+    summary = (
+        path[: -len(".md")] + "_summary.md"
+        if path.endswith(".md")
+        else path + "_summary.md"
+    )
+    with open(summary, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"wrote {summary}")
 
 
 if __name__ == "__main__":

@@ -302,6 +302,86 @@ def test_inner_lr_zero_is_plain_target_training_step_for_step(
             assert not torch.equal(param, initial[name]), name
 
 
+def test_target_transfer_is_plain_target_training_and_reads_no_source(
+    data_root, tmp_path
+):
+    settings = dict(dropout_prob=0.0, learner="adam", learning_rate=0.01)
+    _, model, trainer, (train, _, _) = _build(
+        data_root, tmp_path / "target", transfer="target", **settings
+    )
+    _, plain, plain_trainer, _ = _build(data_root, tmp_path / "plain", **settings)
+    model.double()
+    plain.double()
+    sources = train._dataset.sources
+    tables = [t.weight.detach().clone() for t in model.source_item_embedding]
+    trainer._source_batch = lambda source: pytest.fail("a source batch was drawn")
+    batches = list(train)[:6]
+    for step in range(3):
+        pair = batches[2 * step : 2 * step + 2]
+        loss = trainer.step(pair, trainer._sample_domains(len(sources)), sources)
+        plain_loss = _plain_target_step(plain, plain_trainer.optimizer, pair)
+        torch.testing.assert_close(loss, plain_loss, rtol=1e-13, atol=0)
+    after = dict(plain.named_parameters())
+    for name, param in model.named_parameters():
+        if name in trainer.shared_names:
+            torch.testing.assert_close(param, after[name], rtol=1e-12, atol=1e-14)
+    for table, before in zip(model.source_item_embedding, tables):
+        assert torch.equal(table.weight, before)
+
+
+def test_source_pretraining_reads_every_source_row_once_per_epoch(data_root, tmp_path):
+    _, model, trainer, (train, _, _) = _build(
+        data_root, tmp_path, dropout_prob=0.0, source_pretrain_epochs=2
+    )
+    sources = train._dataset.sources
+    batches = trainer.source_epoch_batches(sources)
+    assert {d for d, _ in batches} == set(range(1, len(sources) + 1))
+    assert [d for d, _ in batches] != sorted(d for d, _ in batches)  # interleaved
+    for domain, source in enumerate(sources, start=1):
+        rows = torch.cat([r for d, r in batches if d == domain])
+        assert torch.equal(rows.sort().values, torch.arange(len(source.interaction)))
+        assert all(len(r) <= trainer.source_batch_size for d, r in batches)
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    losses = trainer.pretrain_on_sources(sources)
+    assert len(losses) == 2 and losses[1] < losses[0]
+    after = dict(model.named_parameters())
+    # the body and every source table learn; the target's output bias gets no loss
+    assert not torch.equal(
+        after["blocks.0.lru.params_log"], before["blocks.0.lru.params_log"]
+    )
+    for domain in range(len(sources)):
+        name = f"source_item_embedding.{domain}.weight"
+        assert not torch.equal(after[name], before[name])
+    assert torch.equal(after["output_bias"], before["output_bias"])
+    # with VQ the target table is the codebook: L_vq pulls it toward the source items
+    assert not torch.equal(
+        after["item_embedding.weight"], before["item_embedding.weight"]
+    )
+    assert trainer.optimizer.state == {}  # the target starts with a fresh optimizer
+
+
+def test_fit_pretrains_on_the_sources_before_the_target(
+    data_root, tmp_path, monkeypatch
+):
+    _, _, trainer, (train, valid, _) = _build(
+        data_root, tmp_path, transfer="target", source_pretrain_epochs=1
+    )
+    calls = []
+    pretrain, step = trainer.pretrain_on_sources, trainer.target_step
+    monkeypatch.setattr(
+        trainer,
+        "pretrain_on_sources",
+        lambda *a: calls.append("sources") or pretrain(*a),
+    )
+    monkeypatch.setattr(
+        trainer, "target_step", lambda *a: calls.append("target") or step(*a)
+    )
+    trainer.fit(train, valid, saved=False)
+    assert calls[0] == "sources" and calls.count("sources") == 1
+    assert calls.count("target") == -(-len(train) // trainer.n_tasks)
+
+
 # measured on this fixture with the defaults (inner_lr 1, inner_steps 3), dropout off, over 3 iterations:
 # ||theta - phi|| / ||theta|| = 6.7e-3-7.4e-3 and ||g_meta - g_plain|| / ||g_plain|| = 3.3e-2-4.0e-2; the inert
 # meta path of the earlier defaults (inner_lr 0.1, one step) gave 1.8e-4-2.0e-4 and 1.3e-3
@@ -550,7 +630,8 @@ def test_bad_source_settings_are_one_line_errors(data_root, tmp_path):
     ):
         _build(data_root, tmp_path, vq_heads=3)
     with pytest.raises(
-        UserInputError, match="^transfer must be one of meta, joint; got 'mixed'$"
+        UserInputError,
+        match="^transfer must be one of meta, joint, target; got 'mixed'$",
     ):
         _build(data_root, tmp_path, transfer="mixed")
     with pytest.raises(UserInputError, match="^inner_steps must be 1 to 5; got 6$"):
@@ -559,6 +640,10 @@ def test_bad_source_settings_are_one_line_errors(data_root, tmp_path):
         _build(data_root, tmp_path, inner_lr=-1.0)
     with pytest.raises(UserInputError, match="^vq_refresh_steps must be >= 0; got -1$"):
         _build(data_root, tmp_path, vq_refresh_steps=-1)
+    with pytest.raises(
+        UserInputError, match="^source_pretrain_epochs must be >= 0; got -1$"
+    ):
+        _build(data_root, tmp_path, source_pretrain_epochs=-1)
 
 
 def test_default_sources_are_the_family_without_the_target_end_to_end(

@@ -26,7 +26,13 @@ meta-gradient under first-order updates; they train on their own source loss (th
 One optimizer (``learner``, ``learning_rate``, ``weight_decay``) holds them and the shared weights.
 
 ``transfer: joint`` (ablation "w/o meta transfer") trains on the same batches with one ordinary step on the mean of
-the n target and n source losses. Validation and test are RecBole's full ranking on the target. An epoch is one
+the n target and n source losses. ``transfer: target`` takes one ordinary step on the mean of the n target losses
+alone: LRURec on MetaRec's batches, what the ``inner_lr: 0`` control computes without its inner loop.
+
+``source_pretrain_epochs: N`` first trains on the sources alone (N passes over every source's rows, one source per
+batch, the batches of all sources in random order: CE + L_vq, the body, the source tables and, through L_vq, the
+target table as codebook), then starts the optimizer afresh for the target training that follows; with
+``transfer: target`` that is the plainest transfer: a source-pretrained body fine-tuned on the target. Validation and test are RecBole's full ranking on the target. An epoch is one
 pass over the target's training loader; its last (len % n) batches make a smaller iteration, so none is dropped.
 """
 
@@ -43,7 +49,7 @@ from recbole_transfer.compat import plugin_trainer
 from recbole_transfer.errors import UserInputError
 from recbole_transfer.model.metarec import TARGET_DOMAIN
 
-TRANSFERS = ("meta", "joint")
+TRANSFERS = ("meta", "joint", "target")
 MAX_INNER_STEPS = 5
 
 
@@ -265,10 +271,7 @@ def code_changes(trainer, train_data, iterations=10, lags=(1, 5, 10)):
                     )
             batches = next(target_batches)
             searches.clear()
-            step = (
-                trainer.meta_step if trainer.transfer == "meta" else trainer.joint_step
-            )
-            step(batches, trainer._sample_domains(len(sources)), sources)
+            trainer.step(batches, trainer._sample_domains(len(sources)), sources)
             per_pair = trainer.inner_steps
             if trainer.transfer == "meta" and len(searches) == per_pair * len(batches):
                 for first in range(0, len(searches), per_pair):
@@ -422,6 +425,11 @@ class MetaTrainer(plugin_trainer(Trainer)):
         self.rescale = bool(config["gradient_rescaling"])
         self.tau = float(config["rescaling_temperature"])
         self.source_batch_size = int(config["source_batch_size"])
+        self.source_pretrain_epochs = int(config["source_pretrain_epochs"] or 0)
+        if self.source_pretrain_epochs < 0:
+            raise UserInputError(
+                f"source_pretrain_epochs must be >= 0; got {self.source_pretrain_epochs}"
+            )
         if self.n_tasks < 1:
             raise UserInputError(f"meta_tasks must be at least 1; got {self.n_tasks}")
         if not 1 <= self.inner_steps <= MAX_INNER_STEPS:
@@ -443,9 +451,7 @@ class MetaTrainer(plugin_trainer(Trainer)):
         ]
         # one optimizer (learner, learning_rate, weight_decay) for the shared weights and the source tables, so
         # both follow the configured optimizer and a checkpoint holds all of its state
-        self.optimizer = self._build_optimizer(
-            params=[named[n] for n in self.shared_names + self.source_param_names]
-        )
+        self.optimizer = self._fresh_optimizer()
         self.distributed = not config["single_spec"]
         # each rank draws its own sources and source rows (with one process: the seed itself)
         self.generator = torch.Generator().manual_seed(
@@ -454,6 +460,21 @@ class MetaTrainer(plugin_trainer(Trainer)):
         self.iteration_seconds = (
             []
         )  # wall time of every iteration (meta or joint), for the benchmark
+
+    def _fresh_optimizer(self):
+        named = dict(self.model.named_parameters())
+        return self._build_optimizer(
+            params=[named[n] for n in self.shared_names + self.source_param_names]
+        )
+
+    @property
+    def step(self):
+        """The training step of ``transfer``: f(target batches, source domains, sources) -> loss."""
+        return {
+            "meta": self.meta_step,
+            "joint": self.joint_step,
+            "target": self.target_step,
+        }[self.transfer]
 
     def _sample_domains(self, n_sources, n_tasks=None):
         """``n_tasks`` (default ``meta_tasks``) source domains, 1-based: without replacement while there are
@@ -583,6 +604,80 @@ class MetaTrainer(plugin_trainer(Trainer)):
         self._apply_gradients()
         return loss.detach()
 
+    def target_step(self, target_batches, domains=None, sources=None):
+        """Target-only training on the same batches (the sources are not read): one ordinary step on the mean of
+        the target losses."""
+        self.model.start_iteration()
+        self.optimizer.zero_grad()
+        loss = torch.stack(
+            [self.model.domain_loss(batch, TARGET_DOMAIN) for batch in target_batches]
+        ).mean()
+        loss.backward()
+        self._apply_gradients()
+        return loss.detach()
+
+    def source_epoch_batches(self, sources):
+        """One pass over every source's rows: [(domain, row indices)] in batches of ``source_batch_size`` from one
+        source each, the batches of all sources in random order (the trainer's generator).
+        """
+        batches = []
+        for domain, source in enumerate(sources, start=1):
+            order = torch.randperm(len(source.interaction), generator=self.generator)
+            batches += [
+                (domain, order[start : start + self.source_batch_size])
+                for start in range(0, len(order), self.source_batch_size)
+            ]
+        return [
+            batches[i] for i in torch.randperm(len(batches), generator=self.generator)
+        ]
+
+    def pretrain_on_sources(self, sources, show_progress=False):
+        """``source_pretrain_epochs`` passes over the sources' rows (CE + L_vq per batch, ordinary steps), then a
+        fresh optimizer for the target. Returns the mean loss of each pass."""
+        self.model.train()
+        epoch_losses = []
+        for epoch in range(self.source_pretrain_epochs):
+            start, total = time.perf_counter(), 0.0
+            batches = self.source_epoch_batches(sources)
+            if show_progress:
+                batches = tqdm(
+                    batches,
+                    ncols=100,
+                    desc=set_color(f"Sources {epoch:>3}", "pink"),
+                )
+            for domain, rows in batches:
+                self.model.start_iteration()
+                self.optimizer.zero_grad()
+                batch = sources[domain - 1].interaction[rows].to(self.device)
+                loss = self.model.domain_loss(batch, domain)
+                self._check_nan(loss)
+                loss.backward()
+                self._apply_gradients()
+                total += loss.item()
+            epoch_losses.append(total / len(batches))
+            self.logger.info(
+                set_color("source pretraining", "green")
+                + f" epoch {epoch} [time: {time.perf_counter() - start:.2f}s, "
+                f"mean loss: {epoch_losses[-1]:.4f}]"
+            )
+        self.optimizer = self._fresh_optimizer()
+        return epoch_losses
+
+    def fit(
+        self,
+        train_data,
+        valid_data=None,
+        verbose=True,
+        saved=True,
+        show_progress=False,
+        callback_fn=None,
+    ):
+        if self.source_pretrain_epochs and self.start_epoch == 0:
+            self.pretrain_on_sources(train_data._dataset.sources, show_progress)
+        return super().fit(
+            train_data, valid_data, verbose, saved, show_progress, callback_fn
+        )
+
     def _clip(self):
         if self.clip_grad_norm:
             nn.utils.clip_grad_norm_(
@@ -593,7 +688,7 @@ class MetaTrainer(plugin_trainer(Trainer)):
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self.model.train()
         sources = train_data._dataset.sources
-        step = self.meta_step if self.transfer == "meta" else self.joint_step
+        step = self.step
         n_batches = len(train_data)
         progress = (
             tqdm(
