@@ -48,7 +48,8 @@ from common import (  # noqa: E402
     append_row,
     fit_and_measure,
     has_row,
-    mean_se,
+    mean_se_cell,
+    read_seed_table,
     start_table,
 )
 
@@ -330,28 +331,13 @@ def main():
     print(f"wrote {out}")
 
 
-def read_seed_rows(path):
-    """{run label: {seed: {metric: value}}} from a ``--seeds`` table."""
-    rows = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if len(cells) < 6 + len(METRICS) or not cells[2].isdigit():
-                continue
-            values = cells[6 : 6 + len(METRICS)]
-            rows.setdefault(cells[0], {})[int(cells[2])] = dict(
-                zip(METRICS, map(float, values))
-            )
-    return rows
-
-
 def write_summary(path):
-    rows = read_seed_rows(path)
+    # {run label: {seed: {metric: value}}}; the columns: run, target, seed, params, epochs, best epoch, metrics
+    rows = {
+        key[0]: by_seed
+        for key, by_seed in read_seed_table(path, (0,), 2, 6, METRICS).items()
+    }
     baseline = rows.get(BASELINE, {})
-
-    def cell(values):
-        mean, se = mean_se(values)
-        return f"{mean:.4f} ± " + ("–" if se != se else f"{se:.4f}")
 
     lines = [
         f"Summary of {os.path.basename(path)}: mean ± one standard error over seeds; the difference to "
@@ -368,7 +354,7 @@ def write_summary(path):
         paired = sorted(set(by_seed) & set(baseline))
         diffs = [
             (
-                cell([by_seed[s][m] - baseline[s][m] for s in paired])
+                mean_se_cell([by_seed[s][m] - baseline[s][m] for s in paired])
                 if paired and label != BASELINE
                 else ""
             )
@@ -376,7 +362,9 @@ def write_summary(path):
         ]
         lines.append(
             f"| {label} | {len(by_seed)} | "
-            + " | ".join(cell([v[m] for v in by_seed.values()]) for m in METRICS)
+            + " | ".join(
+                mean_se_cell([v[m] for v in by_seed.values()]) for m in METRICS
+            )
             + " | "
             + " | ".join(diffs)
             + " |"

@@ -43,6 +43,8 @@ from common import (  # noqa: E402
     has_row,
     input_stages,
     mean_se,
+    mean_se_cell,
+    read_seed_table,
     stage_minutes,
     start_table,
 )
@@ -315,30 +317,15 @@ def run_label(mode, keys):
     return " ".join([mode, *(f"{k}={v}" for k, v in keys.items())])
 
 
-def mean_se_cell(values):
-    m, se = mean_se(values)
-    return f"{m:.4f} ± " + ("–" if math.isnan(se) else f"{se:.4f}")
-
-
-def read_seed_table(path, metrics):
+def read_seeds(path, metrics):
     """{(kind, mode, insertion): {seed: {metric: value}}} from a ``--seeds`` table."""
-    table = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if len(cells) < 7 + len(metrics) or not cells[4].isdigit():
-                continue
-            values = cells[7 : 7 + len(metrics)]
-            table.setdefault(tuple(cells[1:4]), {})[int(cells[4])] = dict(
-                zip(metrics, map(float, values))
-            )
-    return table
+    return read_seed_table(path, (1, 2, 3), 4, 7, metrics)
 
 
 def compare_tables(first, second, metrics):
     """Per row of both ``--seeds`` tables: each one's mean ± SE and the paired (same seed) difference second −
     first, absolute and relative to the first's mean."""
-    a, b = read_seed_table(first, metrics), read_seed_table(second, metrics)
+    a, b = read_seeds(first, metrics), read_seeds(second, metrics)
     name_a, name_b = (os.path.basename(p)[: -len(".md")] for p in (first, second))
     common = len(os.path.commonprefix([name_a, name_b]))
     name_a, name_b = name_a[common:] or name_a, name_b[common:] or name_b
@@ -369,7 +356,7 @@ def compare_tables(first, second, metrics):
 def summarize_seeds(out, metrics, runs):
     """Mean ± SE over seeds per (kind, mode, insertion), and paired differences from the first run and, for
     profile tasks, from LabelCS."""
-    table = read_seed_table(out, metrics)
+    table = read_seeds(out, metrics)
     shown = [m for m in metrics if not m.startswith("labelcs")]
     labelcs = len(shown) < len(
         metrics

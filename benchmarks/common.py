@@ -36,6 +36,8 @@ __all__ = [
     "stage_minutes",
     "Study",
     "mean_se",
+    "mean_se_cell",
+    "read_seed_table",
 ]
 METRICS = ["recall@10", "ndcg@10", "recall@50", "ndcg@50"]
 
@@ -137,6 +139,32 @@ def mean_se(values):
     if len(values) == 1:
         return values[0], math.nan
     return statistics.mean(values), statistics.stdev(values) / math.sqrt(len(values))
+
+
+def mean_se_cell(values):
+    """'mean ± SE' to four decimals ('–' for the SE of one value)."""
+    m, se = mean_se(values)
+    return f"{m:.4f} ± " + ("–" if math.isnan(se) else f"{se:.4f}")
+
+
+def read_seed_table(path, key_columns, seed_column, first_metric, metrics):
+    """{key (the cells of ``key_columns``, a tuple): {seed: {metric: value}}} from a markdown table with a seed
+    column; the metrics are the columns from ``first_metric`` on, in ``metrics`` order. Other lines are skipped.
+    """
+    table = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) < first_metric + len(metrics):
+                continue
+            if not cells[seed_column].isdigit():
+                continue
+            values = cells[first_metric : first_metric + len(metrics)]
+            key = tuple(cells[c] for c in key_columns)
+            table.setdefault(key, {})[int(cells[seed_column])] = dict(
+                zip(metrics, map(float, values))
+            )
+    return table
 
 
 class Study:
