@@ -174,7 +174,7 @@ def run_timing(dataset, overrides, iterations, grid):
         runs = {}
         for transfer in ("meta", "joint"):
             model, trainer = rebuild(config, train, dict(settings, transfer=transfer))
-            step = trainer.meta_step if transfer == "meta" else trainer.joint_step
+            step = trainer.step
             search_seconds = [0.0]
             if model.quantizer is not None:
                 search = model.quantizer.codes

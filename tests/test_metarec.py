@@ -462,8 +462,7 @@ def _update(data_root, tmp_path, **switches):
     )
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     batches = list(train)[:2]
-    step = trainer.meta_step if trainer.transfer == "meta" else trainer.joint_step
-    step(batches, [1, 2], train._dataset.sources)
+    trainer.step(batches, [1, 2], train._dataset.sources)
     named = dict(model.named_parameters())
     return {n: named[n].detach() - before[n] for n in trainer.shared_names}
 
@@ -498,9 +497,8 @@ def _steps(data_root, tmp_path, iterations, transfer="meta", **settings):
     searches, search = [], model.quantizer.codes
     model.quantizer.codes = lambda z_e, book: searches.append(1) or search(z_e, book)
     batches = list(train)[: 2 * iterations]
-    step = trainer.meta_step if transfer == "meta" else trainer.joint_step
     for i in range(iterations):
-        step(batches[2 * i : 2 * i + 2], [1, 2], train._dataset.sources)
+        trainer.step(batches[2 * i : 2 * i + 2], [1, 2], train._dataset.sources)
     named = dict(model.named_parameters())
     return {n: named[n].detach().clone() for n in trainer.shared_names}, len(searches)
 

@@ -32,8 +32,10 @@ alone: LRURec on MetaRec's batches, what the ``inner_lr: 0`` control computes wi
 ``source_pretrain_epochs: N`` first trains on the sources alone (N passes over every source's rows, one source per
 batch, the batches of all sources in random order: CE + L_vq, the body, the source tables and, through L_vq, the
 target table as codebook), then starts the optimizer afresh for the target training that follows; with
-``transfer: target`` that is the plainest transfer: a source-pretrained body fine-tuned on the target. Validation and test are RecBole's full ranking on the target. An epoch is one
-pass over the target's training loader; its last (len % n) batches make a smaller iteration, so none is dropped.
+``transfer: target`` that is the plainest transfer: a source-pretrained body fine-tuned on the target.
+
+Validation and test are RecBole's full ranking on the target. An epoch is one pass over the target's training
+loader; its last (len % n) batches make a smaller iteration, so none is dropped.
 """
 
 import time
