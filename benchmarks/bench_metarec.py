@@ -12,7 +12,7 @@ summary ``<out minus .md>_summary.md``: mean ± one standard error per row and t
 batches (``target``), paired by seed:
 
     python benchmarks/bench_metarec.py --dataset=Scientific --train_positions=all --MAX_ITEM_LIST_LENGTH=20 \
-        --runs=target,pretrained,joint,metarec,control --seeds=2020,2021,2022 --out=results/metarec_seeds.md
+        --runs=target,pretrained,joint,metarec,control,large_inner --seeds=2020,2021,2022 --out=results/metarec_seeds.md
 
 Diagnosis of the meta path (``trainer.meta.diagnose``; dropout off unless ``--dropout_prob`` says otherwise): per
 parameter group the inner-step size ||theta - phi|| / ||theta||, how far the meta-gradient is from the plain target
@@ -21,7 +21,7 @@ start of training; ``--grid`` repeats it (same data, same initial weights) for e
 
     python benchmarks/bench_metarec.py --diagnose --dataset=Scientific \\
         --source_datasets="['Tools','Toys','Sports']" --MAX_ITEM_LIST_LENGTH=20 \\
-        [--iterations=6] [--grid="inner_lr=0.1,1,10 inner_steps=1,3"]
+        [--iterations=6] [--grid="inner_lr=0.1,1,10 inner_steps=1,3"] [--checkpoint=saved/MetaRec-....pth]
 
 Seconds per iteration of MetaRec and of joint training on the same batches, in one process, alternating
 (``--timing=N`` iterations each, after one warm-up iteration), and the codeword search's share; ``--grid`` as above:
@@ -69,6 +69,8 @@ RUNS = {
         {"transfer": "target", "source_pretrain_epochs": 2, "vq_heads": 0},
     ),
     "control": ("MetaRec, inner_lr 0 (control)", "MetaRec", {"inner_lr": 0.0}),
+    # ten times the default inner step: the diagnosis's 30% meta-gradient change (3 steps)
+    "large_inner": ("MetaRec, inner_lr 10", "MetaRec", {"inner_lr": 10.0}),
     "sasrec": ("SASRec (stock RecBole, target only)", "SASRec", {}),
     "joint": ("joint training (w/o meta transfer)", "MetaRec", {"transfer": "joint"}),
     "metarec": ("MetaRec", "MetaRec", {}),
@@ -127,34 +129,41 @@ def span(values):
     return low if low == high else f"{low}-{high}"
 
 
-def run_diagnosis(dataset, overrides, iterations, grid):
+def run_diagnosis(dataset, overrides, iterations, grid, checkpoint=None):
     from recbole_transfer.quick_start import build
     from recbole_transfer.trainer.meta import diagnose, diagnosis_report
+    from recbole_transfer.utils import load_checkpoint
 
     config, _, _, (train, _, _) = build(
         "MetaRec", dataset, config_dict=dict(DIAGNOSE, **overrides)
     )
+    state = checkpoint and load_checkpoint(checkpoint)["state_dict"]
     rows = []
     for settings in parse_grid(grid):
-        _, trainer = rebuild(config, train, settings)
+        model, trainer = rebuild(config, train, settings)
+        if state:  # the trained weights (same target and sources), a fresh optimizer
+            model.load_state_dict(state)
         records = diagnose(trainer, train, iterations)
         label = ", ".join(f"{k}={v}" for k, v in settings.items()) or "as configured"
         print(f"\n## {dataset}: {label}\n{diagnosis_report(records)}", flush=True)
         steps = [r["groups"]["all"]["step"] for r in records]
         diffs = [r["groups"]["all"]["diff"] for r in records]
         cosines = [r["groups"]["all"]["cos"] for r in records]
+        source = [r["groups"]["all"]["source"] for r in records]
         rows.append(
             f"| {label} | {span(steps)} | {span(diffs)} | "
-            f"{min(cosines):.4f} | {records[0]['loss_theta']:.3f} -> {records[-1]['loss_theta']:.3f} | "
+            f"{min(cosines):.4f} | {span(source)} | "
+            f"{records[0]['loss_theta']:.3f} -> {records[-1]['loss_theta']:.3f} | "
             f"{statistics.mean(r['source_loss_theta'] - r['source_loss_phi'] for r in records):.4f} | "
             f"{statistics.mean(r['seconds'] for r in records):.2f} |"
         )
     print(
         f"\n## {dataset}: summary over {iterations} meta iterations (all shared weights; step = ||theta - phi|| "
-        "/ ||theta||, grad diff = ||g_meta - g_plain|| / ||g_plain||)\n"
-        "| settings | step | grad diff | min cos | target loss at theta, first -> last "
+        "/ ||theta||, grad diff = ||g_meta - g_plain|| / ||g_plain||, source grad = ||g_source|| / ||g_plain||: "
+        "the source loss's gradient at theta, which a joint step adds)\n"
+        "| settings | step | grad diff | min cos | source grad | target loss at theta, first -> last "
         "| source loss drop theta -> phi | s/iteration (diagnosed) |\n"
-        "|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|"
     )
     print("\n".join(rows))
 
@@ -259,6 +268,11 @@ def main():
         "--seeds", default=None, help="'2020,2021,2022': each row once per seed"
     )
     parser.add_argument("--iterations", type=int, default=6)
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="--diagnose from a saved MetaRec model's weights instead of the initial ones",
+    )
     parser.add_argument("--grid", default=None, help="'key=v1,v2 key2=...'")
     parser.add_argument("--timing", type=int, default=0, help="iterations to time")
     parser.add_argument(
@@ -275,7 +289,11 @@ def main():
     sys.argv = sys.argv[:1]
     if args.diagnose:
         run_diagnosis(
-            args.dataset, parse_cli_overrides(overrides), args.iterations, args.grid
+            args.dataset,
+            parse_cli_overrides(overrides),
+            args.iterations,
+            args.grid,
+            args.checkpoint,
         )
         return
     if args.timing:

@@ -12,6 +12,7 @@ from recbole_transfer.errors import UserInputError
 from recbole_transfer.model.layers import VectorQuantizer
 from recbole_transfer.model.metarec import vq_loss
 from recbole_transfer.trainer.meta import (
+    _group_stats,
     adapt,
     code_changes,
     diagnose,
@@ -381,6 +382,8 @@ def test_default_inner_steps_move_phi_and_the_meta_gradient(data_root, tmp_path)
         assert record["source_loss_phi"] < record["source_loss_theta"] - 0.05
         # a source step does not touch the target's output bias
         assert record["groups"]["output_bias"]["step"] == 0
+        # the source gradient a joint step would add is there
+        assert stats["source"] > MIN_META_GRADIENT_CHANGE
     use = records[0]["codewords"][SOURCES[0]]
     assert use["codewords"] == model.n_items - 1
     assert use["items"] == model.source_item_embedding[0].num_embeddings - 1
@@ -390,6 +393,25 @@ def test_default_inner_steps_move_phi_and_the_meta_gradient(data_root, tmp_path)
         assert 10 / use["items"] <= top_share <= 1
 
 
+def test_diagnosis_statistics_on_known_tensors():
+    theta = {"w": torch.tensor([3.0, 4.0])}
+    meta = {
+        "phis": [{"w": torch.tensor([3.0, 3.5])}],
+        "grads": [{"w": torch.tensor([1.0, 1.0])}],  # g_meta
+        "first_grads": [
+            {"w": torch.tensor([0.0, 2.0])}
+        ],  # the source gradient at theta
+        "weights": {"w": torch.tensor([1.0])},
+    }
+    plain = [{"w": torch.tensor([1.0, 0.0])}]
+    stats = _group_stats(["w"], theta, meta, plain)
+    assert stats["step"] == pytest.approx(0.5 / 5)
+    assert stats["diff"] == pytest.approx(1.0)  # ||(0, 1)|| / ||(1, 0)||
+    assert stats["cos"] == pytest.approx(2**-0.5)
+    assert stats["source"] == pytest.approx(2.0)
+    assert stats["source_cos"] == pytest.approx(1.0)  # (0, 1) along (0, 2)
+
+
 def test_the_inert_control_shows_no_meta_path_in_the_diagnosis(data_root, tmp_path):
     _, _, trainer, (train, _, _) = _build(
         data_root, tmp_path, dropout_prob=0.0, inner_lr=0.0
@@ -397,6 +419,8 @@ def test_the_inert_control_shows_no_meta_path_in_the_diagnosis(data_root, tmp_pa
     (record,) = diagnose(trainer, train, iterations=1)
     assert record["groups"]["all"]["step"] == 0
     assert record["groups"]["all"]["diff"] < 1e-5
+    # the sources have a gradient at theta; only the meta path to the update is closed
+    assert record["groups"]["all"]["source"] > MIN_META_GRADIENT_CHANGE
     assert record["loss_phi"] == pytest.approx(record["loss_theta"], rel=1e-6)
 
 

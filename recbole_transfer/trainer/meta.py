@@ -171,24 +171,41 @@ def _norm(tensors):
     return torch.sqrt(sum(t.double().pow(2).sum() for t in tensors)).item()
 
 
+def _cosine(a, b, names):
+    dot = sum((a[n].double() * b[n].double()).sum() for n in names).item()
+    return dot / max(_norm(a[n] for n in names) * _norm(b[n] for n in names), 1e-30)
+
+
 def _group_stats(names, theta, meta, plain):
-    """Means over the tasks of the inner-step size, the meta-vs-plain gradient difference and cosine, and the
-    range of the rescaling weights, over the parameters ``names``."""
-    step, diff, cosine = [], [], []
-    for phi, grad, base in zip(meta["phis"], meta["grads"], plain):
+    """Means over the tasks of the inner-step size, the meta-vs-plain gradient difference and cosine, the source
+    gradient's size against the plain one and its cosine with that difference, and the range of the rescaling
+    weights, over the parameters ``names``."""
+    step, diff, cosine, source, source_cos = [], [], [], [], []
+    for phi, grad, base, first in zip(
+        meta["phis"], meta["grads"], plain, meta["first_grads"]
+    ):
         step.append(
             _norm([theta[n] - phi[n] for n in names])
             / max(_norm(theta[n] for n in names), 1e-30)
         )
-        base_norm = _norm(base[n] for n in names)
-        diff.append(_norm([grad[n] - base[n] for n in names]) / max(base_norm, 1e-30))
-        dot = sum((grad[n].double() * base[n].double()).sum() for n in names).item()
-        cosine.append(dot / max(_norm(grad[n] for n in names) * base_norm, 1e-30))
+        base_norm = max(_norm(base[n] for n in names), 1e-30)
+        change = {n: grad[n] - base[n] for n in names}
+        diff.append(_norm(change.values()) / base_norm)
+        cosine.append(_cosine(grad, base, names))
+        # the source loss's gradient at theta: what a joint step adds to the plain target gradient
+        source_grad = {
+            n: torch.zeros_like(base[n]) if first[n] is None else first[n]
+            for n in names
+        }
+        source.append(_norm(source_grad.values()) / base_norm)
+        source_cos.append(_cosine(change, source_grad, names))
     weights = torch.stack([meta["weights"][n] for n in names])
     return {
         "step": sum(step) / len(step),
         "diff": sum(diff) / len(diff),
         "cos": sum(cosine) / len(cosine),
+        "source": sum(source) / len(source),
+        "source_cos": sum(source_cos) / len(source_cos),
         "w_min": weights.min().item(),
         "w_max": weights.max().item(),
     }
@@ -299,9 +316,10 @@ def diagnose(trainer, train_data, iterations=6):
 
     One record per iteration: target loss at theta and at phi, source loss at theta and at phi (what the inner
     steps achieved), ``groups`` {parameter group (``parameter_group``; "all" = every shared weight): step =
-    ||theta - phi|| / ||theta||, diff = ||g_meta - g_plain|| / ||g_plain||, cos = cos(g_meta, g_plain) (each the
-    mean over the tasks), w_min / w_max = the range of the rescaling weights}, ``codewords`` (``codeword_use``)
-    and the iteration's seconds.
+    ||theta - phi|| / ||theta||, diff = ||g_meta - g_plain|| / ||g_plain||, cos = cos(g_meta, g_plain), source =
+    ||g_source|| / ||g_plain|| with g_source the source loss's gradient at theta (the term a joint step adds),
+    source_cos = cos(g_meta - g_plain, g_source) (each the mean over the tasks), w_min / w_max = the range of the
+    rescaling weights}, ``codewords`` (``codeword_use``) and the iteration's seconds.
     """
     model = trainer.model
     sources = train_data._dataset.sources
@@ -374,9 +392,11 @@ def diagnosis_report(records):
 
     lines = [
         f"over {len(records)} meta iterations; step = ||theta - phi|| / ||theta||, grad diff = ||g_meta - g_plain|| "
-        "/ ||g_plain||, cos = cos(g_meta, g_plain), each the mean over the tasks (ranges over the iterations)",
-        "| group | step | grad diff | cos | rescaling weights |",
-        "|---|---|---|---|---|",
+        "/ ||g_plain||, cos = cos(g_meta, g_plain), source grad = ||g_source|| / ||g_plain|| (the source loss's "
+        "gradient at theta, which a joint step adds), cos(diff, source) = cos(g_meta - g_plain, g_source), each "
+        "the mean over the tasks (ranges over the iterations)",
+        "| group | step | grad diff | cos | source grad | cos(diff, source) | rescaling weights |",
+        "|---|---|---|---|---|---|---|",
     ]
     for group in records[0]["groups"]:
         stats = [r["groups"][group] for r in records]
@@ -384,20 +404,22 @@ def diagnosis_report(records):
             f"| {group} | {span([s['step'] for s in stats], '{:.2e}')} | "
             f"{span([s['diff'] for s in stats], '{:.2e}')} | "
             f"{span([s['cos'] for s in stats], '{:.4f}')} | "
+            f"{span([s['source'] for s in stats], '{:.2e}')} | "
+            f"{span([s['source_cos'] for s in stats], '{:.3f}')} | "
             f"{min(s['w_min'] for s in stats):.2f}-{max(s['w_max'] for s in stats):.2f} |"
         )
     lines += [
         "",
         "| iteration | target loss theta | target loss phi | source loss theta | source loss phi | step | grad diff "
-        "| cos | s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| cos | source grad | cos(diff, source) | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for index, r in enumerate(records):
         a = r["groups"]["all"]
         lines.append(
             f"| {index} | {r['loss_theta']:.4f} | {r['loss_phi']:.4f} | {r['source_loss_theta']:.4f} | "
             f"{r['source_loss_phi']:.4f} | {a['step']:.2e} | {a['diff']:.2e} | {a['cos']:.4f} | "
-            f"{r['seconds']:.1f} |"
+            f"{a['source']:.2e} | {a['source_cos']:.3f} | {r['seconds']:.1f} |"
         )
     for label, r in (("first", records[0]), ("last", records[-1])):
         for name, use in r["codewords"].items():
