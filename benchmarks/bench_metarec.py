@@ -68,6 +68,12 @@ RUNS = {
         "MetaRec",
         {"transfer": "target", "source_pretrain_epochs": 2, "vq_heads": 0},
     ),
+    # MetaRec from the body of ``pretrained`` (no VQ in either, so that the two differ by the meta updates only)
+    "pretrained_no_vq": (
+        "MetaRec w/o VQ from the source-pretrained body (2 source epochs)",
+        "MetaRec",
+        {"source_pretrain_epochs": 2, "vq_heads": 0},
+    ),
     "control": ("MetaRec, inner_lr 0 (control)", "MetaRec", {"inner_lr": 0.0}),
     # ten times the default inner step: the diagnosis's 30% meta-gradient change (3 steps)
     "large_inner": ("MetaRec, inner_lr 10", "MetaRec", {"inner_lr": 10.0}),
