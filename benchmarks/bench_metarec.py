@@ -12,7 +12,7 @@ summary ``<out minus .md>_summary.md``: mean ± one standard error per row and t
 batches (``target``), paired by seed:
 
     python benchmarks/bench_metarec.py --dataset=Scientific --train_positions=all --MAX_ITEM_LIST_LENGTH=20 \
-        --runs=target,pretrained,joint,metarec,control,large_inner --seeds=2020,2021,2022 --out=results/metarec_seeds.md
+        --runs=target,pretrained,joint,metarec,control --seeds=2020,2021,2022 --out=results/metarec_seeds.md
 
 Diagnosis of the meta path (``trainer.meta.diagnose``; dropout off unless ``--dropout_prob`` says otherwise): per
 parameter group the inner-step size ||theta - phi|| / ||theta||, how far the meta-gradient is from the plain target
