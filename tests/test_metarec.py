@@ -397,19 +397,18 @@ def test_diagnosis_statistics_on_known_tensors():
     theta = {"w": torch.tensor([3.0, 4.0])}
     meta = {
         "phis": [{"w": torch.tensor([3.0, 3.5])}],
-        "grads": [{"w": torch.tensor([1.0, 1.0])}],  # g_meta
-        "first_grads": [
-            {"w": torch.tensor([0.0, 2.0])}
-        ],  # the source gradient at theta
+        "grads": [{"w": torch.tensor([2.0, 2.0])}],  # g_meta
+        # the source gradient at theta
+        "first_grads": [{"w": torch.tensor([0.0, 3.0])}],
         "weights": {"w": torch.tensor([1.0])},
     }
-    plain = [{"w": torch.tensor([1.0, 0.0])}]
+    plain = [{"w": torch.tensor([2.0, 0.0])}]
     stats = _group_stats(["w"], theta, meta, plain)
     assert stats["step"] == pytest.approx(0.5 / 5)
-    assert stats["diff"] == pytest.approx(1.0)  # ||(0, 1)|| / ||(1, 0)||
+    assert stats["diff"] == pytest.approx(1.0)  # ||(0, 2)|| / ||(2, 0)||
     assert stats["cos"] == pytest.approx(2**-0.5)
-    assert stats["source"] == pytest.approx(2.0)
-    assert stats["source_cos"] == pytest.approx(1.0)  # (0, 1) along (0, 2)
+    assert stats["source"] == pytest.approx(1.5)  # ||(0, 3)|| / ||(2, 0)||
+    assert stats["source_cos"] == pytest.approx(1.0)  # (0, 2) along (0, 3)
 
 
 def test_the_inert_control_shows_no_meta_path_in_the_diagnosis(data_root, tmp_path):
