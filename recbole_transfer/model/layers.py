@@ -213,10 +213,3 @@ class VectorQuantizer(nn.Module):
             z_e.shape
         )
         return _StraightThrough.apply(z_e, quantized.detach()), quantized, codes
-
-    @staticmethod
-    def loss(z_e, quantized):
-        """L_vq = ||z_q - sg[z_e]||^2 + ||sg[z_q] - z_e||^2 (mean over rows and dimensions): the first term pulls
-        the chosen codewords to the items, the second keeps the items near their codewords.
-        """
-        return F.mse_loss(quantized, z_e.detach()) + F.mse_loss(quantized.detach(), z_e)
