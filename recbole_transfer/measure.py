@@ -4,6 +4,7 @@ peak memory. Used by the comparison command and the benchmark scripts.
 Each run is its own spawned process, so its peak resident memory (ru_maxrss) and its RNG state are its own.
 """
 
+import math
 import multiprocessing as mp
 import resource
 import statistics
@@ -175,15 +176,22 @@ def _peak_gpu_gib(config):
 
 
 def _best_validation(validations, trainer):
-    """The first validation with the best score (the one early stopping kept), or None."""
-    if not validations:
-        return None
+    """The validation whose model early stopping kept, or None.
+
+    RecBole's ``early_stopping`` keeps a score equal to the best (``>=``), and scores are rounded to four decimals, so
+    of several equal best scores the last one's model is the checkpoint; replaying it keeps the two in step.
+    """
+    from recbole.utils import early_stopping
+
     bigger = getattr(trainer, "valid_metric_bigger", True)
-    best = None
+    best_score, kept = (-math.inf if bigger else math.inf), None
     for entry in validations:
-        if best is None or (entry[1] > best[1] if bigger else entry[1] < best[1]):
-            best = entry
-    return best
+        best_score, _, _, update = early_stopping(
+            entry[1], best_score, 0, math.inf, bigger=bigger
+        )
+        if update:
+            kept = entry
+    return kept
 
 
 class RunFailed(RuntimeError):

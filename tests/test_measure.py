@@ -10,11 +10,14 @@ from conftest import FAST
 from recbole_transfer.measure import _best_validation, fit_and_measure
 
 
-def test_best_validation_is_the_first_best_score():
+def test_best_validation_is_the_checkpoint_early_stopping_kept():
+    # RecBole keeps a score equal to the best, so of two equal best scores the later model is the one tested
     validations = [(1, 0.1, 2.0), (2, 0.3, 4.0), (3, 0.3, 6.0), (4, 0.2, 8.0)]
-    assert _best_validation(validations, types.SimpleNamespace()) == (2, 0.3, 4.0)
+    assert _best_validation(validations, types.SimpleNamespace()) == (3, 0.3, 6.0)
     smaller = types.SimpleNamespace(valid_metric_bigger=False)
     assert _best_validation(validations, smaller) == (1, 0.1, 2.0)
+    ties_below = [(1, 0.2, 2.0), (2, 0.1, 4.0), (3, 0.1, 6.0)]
+    assert _best_validation(ties_below, smaller) == (3, 0.1, 6.0)
     assert _best_validation([], smaller) is None
 
 
