@@ -184,6 +184,9 @@ def test_cli_missing_hyper_file_is_one_line(capsys):
 )
 def test_shipped_hyper_files_use_real_keys(hyper_file):
     model = os.path.basename(hyper_file)[: -len(".hyper")]
+    # learning_rate.hyper is for any model: RecBole's own key, checked against a stock model
+    if model == "learning_rate":
+        model = "SASRec"
     space = read_space(hyper_file)
     config = Config(model, "Scientific")
     assert [name for name, _, _ in space if name not in config.final_config_dict] == []
