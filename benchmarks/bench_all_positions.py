@@ -26,7 +26,10 @@ interactions, written as atomic files to ``<work>/data/<D>_u<percent>`` (real ro
 UniSRec is fine-tuning (``train_stage=transductive_ft``) from the shipped checkpoint pretrained without the dataset;
 a dataset without item text skips it with one logged line. Every finished run is appended at once as one JSON line
 to ``<out>.jsonl`` (finished runs are not run again); failed and skipped runs go to ``<out>-failed.jsonl``;
-``<out>.md`` is rebuilt after every run and by ``--summarize``.
+``<out>.md`` is rebuilt after every run and by ``--summarize``. Every run keeps its latest state
+(``resumable``) in ``<work>/runs/<run>``: a run interrupted with the study (the machine stopped, the study
+killed) continues from its last finished epoch when the study runs again, its seconds counting the work done
+in both processes (the row's ``resumed`` says how often).
 """
 
 import argparse
@@ -40,7 +43,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import RunFailed, Study, fit_and_measure, machine, mean_se  # noqa: E402
+from common import (  # noqa: E402
+    RunFailed,
+    Study,
+    fit_and_measure,
+    latest_checkpoint,
+    machine,
+    mean_se,
+)
 
 METRICS = ["recall@10", "ndcg@10", "recall@50", "ndcg@50"]
 
@@ -249,16 +259,21 @@ class PositionsStudy(Study):
             settings.update(dataset_settings(job["dataset"]), data_path=data_dir)
         settings.update(model_settings(job["model"], job["dataset"], fraction))
         settings.update(self.overrides)
+        checkpoint_dir = os.path.join(self.work, "runs", job["id"])
         settings.update(
             train_positions=job["form"],
             seed=job["seed"],
-            checkpoint_dir=os.path.join(self.work, "runs", job["id"]),
+            checkpoint_dir=checkpoint_dir,
+            resumable=True,
         )
         if job["epochs"] is not None:
             settings["epochs"] = job["epochs"]
         if job.get("batch"):
             settings["train_batch_size"] = job["batch"]
-        self.log(f"start {job['id']}")
+        latest = latest_checkpoint(checkpoint_dir)
+        if latest:
+            settings["resume_checkpoint"] = latest
+        self.log(f"start {job['id']}" + (f" (resuming {latest})" if latest else ""))
         began = time.time()
         try:
             result = fit_and_measure(job["model"], dataset, settings)
@@ -276,6 +291,7 @@ class PositionsStudy(Study):
             fit_minutes=result["fit_minutes"],
             minutes=(time.time() - began) / 60,
             peak_rss_gib=result["peak_rss_gib"],
+            resumed=result["resumed"],
             peak_gpu_gib=result.get("peak_gpu_gib"),
             valid=result["best_valid"],
             best_valid_score=result["best_valid_score"],

@@ -19,11 +19,13 @@ from recbole_transfer.measure import (  # noqa: E402  (the scripts import them h
     RunFailed,
     fit_and_measure,
     in_fresh_process,
+    latest_checkpoint,
 )
 
 __all__ = [
     "SAMPLED_METRICS",
     "fit_and_measure",
+    "latest_checkpoint",
     "METRICS",
     "machine",
     "start_table",

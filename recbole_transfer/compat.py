@@ -298,6 +298,11 @@ class PluginTrainer:
         # import of recbole.model.sequential_recommender): every forward op then records its stack and every
         # backward op checks its output for NaN, a third of a MetaRec iteration on CPU. Nothing here relies on it.
         torch.autograd.set_detect_anomaly(False)
+        self.resumable = bool(config["resumable"])
+        self.run_record = None  # plain values a caller keeps with the latest state (e.g. a benchmark's timings)
+        self._train_loader = None
+        self._pending_rng = None
+        self._resumed_finished = False
 
     def evaluate(
         self, eval_data, load_best_model=True, model_file=None, show_progress=False
@@ -344,9 +349,159 @@ class PluginTrainer:
             restore_other_parameter(checkpoint.get("other_parameter"))
         )
         self.optimizer.load_state_dict(checkpoint["optimizer"])
+        # what an exact continuation needs (see ``fit``); a best-score checkpoint carries the RNG states only
+        self._pending_rng = {
+            k: v for k, v in checkpoint.items() if k.startswith("rng_")
+        } or None
+        if "best_valid_result" in checkpoint:
+            self.best_valid_result = checkpoint["best_valid_result"]
+        self.run_record = checkpoint.get("run_record")
+        best_file = checkpoint.get("best_model_file")
+        if best_file:
+            validated = checkpoint.get("best_valid_result") is not None
+            if validated and not os.path.isfile(best_file):
+                raise CheckpointError(
+                    f"resume_checkpoint '{resume_file}' continues a run whose best checkpoint '{best_file}' "
+                    "is missing"
+                )
+            self.saved_model_file = best_file
+        self._resumed_finished = bool(checkpoint.get("finished"))
         self.logger.info(
             f"Checkpoint loaded. Resume training from epoch {self.start_epoch}"
+            + (
+                " (training had finished: straight to the test)"
+                if self._resumed_finished
+                else ""
+            )
         )
+
+    # --- exact resume ---------------------------------------------------------------------------------------------
+    def fit(
+        self,
+        train_data,
+        valid_data=None,
+        verbose=True,
+        saved=True,
+        show_progress=False,
+        callback_fn=None,
+    ):
+        """RecBole's resume restarts the shuffling and every RNG from the seed, forgets the best validation result and
+        can only start from the best-score checkpoint, so an interrupted run cannot go on as it would have. With
+        ``resumable`` the trainer keeps ``latest_checkpoint_file()``: the state at the start of every epoch (model,
+        optimizer, early-stopping counters, best result, the RNGs and the train loader's shuffling generator), and
+        after the last epoch the same marked finished. A run resumed from it trains the epochs an uninterrupted run
+        would have, step for step (one process; under DDP rank 0's RNG states are saved).
+        """
+        if self._resumed_finished:
+            return self.best_valid_score, self.best_valid_result
+        own = self.__dict__.get(
+            "_train_epoch"
+        )  # a caller's wrapper (e.g. a benchmark's timer) stays inside
+        train_epoch = self._train_epoch
+        first_epoch = self.start_epoch
+        trained = []
+
+        def train_epoch_from_saved_state(data, epoch_idx, *args, **kwargs):
+            self._train_loader = data
+            if self._pending_rng is not None:
+                self._set_rng_state(self._pending_rng)
+                self._pending_rng = None
+            elif self.resumable and saved and epoch_idx > first_epoch:
+                self._save_latest(epoch_idx - 1)
+            loss = train_epoch(data, epoch_idx, *args, **kwargs)
+            trained.append(epoch_idx)
+            return loss
+
+        self._train_epoch = train_epoch_from_saved_state
+        try:
+            result = super().fit(
+                train_data, valid_data, verbose, saved, show_progress, callback_fn
+            )
+        finally:
+            if own is None:
+                del self._train_epoch
+            else:
+                self._train_epoch = own
+        if self.resumable and saved and trained:
+            self._save_latest(trained[-1], finished=True)
+        return result
+
+    def latest_checkpoint_file(self):
+        stem, ext = os.path.splitext(self.saved_model_file)
+        return f"{stem}-latest{ext}"
+
+    def _save_latest(self, epoch, finished=False):
+        # this class's save, not a subclass's (whose own saves, e.g. snapshots and exports, belong to its epochs)
+        PluginTrainer._save_checkpoint(
+            self,
+            epoch,
+            verbose=False,
+            saved_model_file=self.latest_checkpoint_file(),
+            latest=dict(
+                best_valid_result=(
+                    None
+                    if self.best_valid_result is None
+                    else {k: float(v) for k, v in self.best_valid_result.items()}
+                ),
+                best_model_file=self.saved_model_file,
+                run_record=self.run_record,
+                finished=finished,
+            ),
+        )
+
+    def _named_generators(self):
+        """Every ``torch.Generator`` the run draws from besides the global RNG: the train loader's shuffling, and
+        those held by the trainer and the model's modules (e.g. MetaRec's source draws, X-Cross's negatives).
+        """
+        if self._train_loader is not None and hasattr(self._train_loader, "generator"):
+            yield "loader", self._train_loader.generator
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Generator):
+                yield f"trainer.{name}", value
+        for module_name, module in self.model.named_modules():
+            for name, value in vars(module).items():
+                if isinstance(value, torch.Generator):
+                    yield ".".join(filter(None, ("model", module_name, name))), value
+
+    def extra_checkpoint_state(self):
+        import random
+
+        numpy_state = np.random.get_state()
+        state = {
+            "rng_torch": torch.get_rng_state(),
+            "rng_numpy": (
+                torch.from_numpy(numpy_state[1].astype(np.int64)),
+                *(v.item() if hasattr(v, "item") else v for v in numpy_state[2:]),
+            ),
+            "rng_python": random.getstate(),
+            "rng_generators": {
+                name: g.get_state() for name, g in self._named_generators()
+            },
+        }
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _set_rng_state(self, state):
+        import random
+
+        torch.set_rng_state(state["rng_torch"])
+        if state.get("rng_cuda") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        if "rng_numpy" in state:
+            keys, *rest = state["rng_numpy"]
+            np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), *rest))
+        if "rng_python" in state:
+            version, internal, gauss = state["rng_python"]
+            random.setstate((version, tuple(internal), gauss))
+        generators = dict(state.get("rng_generators") or {})
+        if (
+            "rng_loader" in state
+        ):  # the pretraining checkpoints' earlier name for the loader's generator
+            generators.setdefault("loader", state["rng_loader"])
+        for name, generator in self._named_generators():
+            if name in generators:
+                generator.set_state(generators[name])
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         """torch >= 2.6 loads with ``weights_only=True`` by default, and RecBole pickles its Config object into every
@@ -358,6 +513,7 @@ class PluginTrainer:
         from recbole.utils import set_color
 
         saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        latest = kwargs.pop("latest", None)
         best = self.best_valid_score
         state = {
             "config": plain_config(self.config),
@@ -368,10 +524,9 @@ class PluginTrainer:
             "other_parameter": plain_other_parameter(self.model.other_parameter()),
             "optimizer": self.optimizer.state_dict(),
         }
-        # plugin trainers add what their resume needs (e.g. RNG states) through this hook
-        extra_state = getattr(self, "extra_checkpoint_state", None)
-        if extra_state is not None:
-            state.update(extra_state())
+        # the RNG states: a run resumed from any of its checkpoints draws what the uninterrupted run drew next
+        state.update(self.extra_checkpoint_state())
+        state.update(latest or {})
         atomic_torch_save(state, saved_model_file)
         if verbose:
             self.logger.info(

@@ -4,8 +4,10 @@ peak memory. Used by the comparison command and the benchmark scripts.
 Each run is its own spawned process, so its peak resident memory (ru_maxrss) and its RNG state are its own.
 """
 
+import glob
 import math
 import multiprocessing as mp
+import os
 import resource
 import statistics
 import sys
@@ -93,26 +95,53 @@ def _fit_here(model, dataset, config_dict, sampled, config_files):
         model, dataset, config_file_list=config_files, config_dict=dict(config_dict)
     )
     epoch_times = []
-    train_epoch = trainer._train_epoch
-
-    def timed_train_epoch(*args, **kwargs):
-        start = time.time()
-        loss = train_epoch(*args, **kwargs)
-        epoch_times.append(time.time() - start)
-        return loss
-
     # each validation: (epochs trained by then, its score, seconds from the fit's start to its end)
     validations = []
+    # kept with a resumable run's latest checkpoint (``resumable``), so that a resumed run's figures continue the
+    # interrupted one's: its seconds count training and validation, not the time between the two processes or
+    # the interrupted epoch's lost work; the peak RSS is the larger of the two processes'
+    record = dict(
+        epoch_times=epoch_times,
+        validations=validations,
+        fit_seconds=0.0,
+        peak_rss_gib=0.0,
+        resumed=0,
+    )
+    if config["resume_checkpoint"]:
+        trainer.resume_checkpoint(config["resume_checkpoint"])
+        earlier = trainer.run_record or {}
+        epoch_times.extend(earlier.get("epoch_times", []))
+        validations.extend(tuple(v) for v in earlier.get("validations", []))
+        record.update(
+            fit_seconds=earlier.get("fit_seconds", 0.0),
+            peak_rss_gib=earlier.get("peak_rss_gib", 0.0),
+            resumed=earlier.get("resumed", 0) + 1,
+        )
+    trainer.run_record = record
+    train_epoch = trainer._train_epoch
+
+    def progress():
+        record["fit_seconds"] = time.time() - start
+        record["peak_rss_gib"] = max(record["peak_rss_gib"], _rss_gib())
+
+    def timed_train_epoch(*args, **kwargs):
+        began = time.time()
+        loss = train_epoch(*args, **kwargs)
+        epoch_times.append(time.time() - began)
+        progress()
+        return loss
+
     valid_epoch = trainer._valid_epoch
 
     def timed_valid_epoch(*args, **kwargs):
         score, result = valid_epoch(*args, **kwargs)
         validations.append((len(epoch_times), float(score), time.time() - start))
+        progress()
         return score, result
 
     trainer._train_epoch = timed_train_epoch
     trainer._valid_epoch = timed_valid_epoch
-    start = time.time()
+    start = time.time() - record["fit_seconds"]
     _, best_valid = trainer.fit(train, valid, saved=True, show_progress=False)
     if (
         config["epochs"] == 0
@@ -144,7 +173,9 @@ def _fit_here(model, dataset, config_dict, sampled, config_files):
         "trainable": sum(p.numel() for p in net.parameters() if p.requires_grad),
         "total": sum(p.numel() for p in net.parameters()),
         "hidden": config["hidden_size"],
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_rss_gib": max(record["peak_rss_gib"], _rss_gib()),
+        # how many times the run was resumed from its latest checkpoint (``resumable``)
+        "resumed": record["resumed"],
         # peak tensor memory on the CUDA device during the fit (None on CPU)
         "peak_gpu_gib": peak_gpu_gib,
         # the epoch (1-based count of epochs trained) of the best validation score and the seconds from the fit's
@@ -164,6 +195,10 @@ def _fit_here(model, dataset, config_dict, sampled, config_files):
             else None
         ),
     }
+
+
+def _rss_gib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def _peak_gpu_gib(config):
@@ -192,6 +227,12 @@ def _best_validation(validations, trainer):
         if update:
             kept = entry
     return kept
+
+
+def latest_checkpoint(folder):
+    """The newest ``*-latest.pth`` (a ``resumable`` run's latest state) in ``folder``, or None."""
+    found = glob.glob(os.path.join(glob.escape(folder), "*-latest.pth"))
+    return max(found, key=os.path.getmtime) if found else None
 
 
 class RunFailed(RuntimeError):

@@ -7,7 +7,11 @@ import torch
 
 from conftest import FAST
 
-from recbole_transfer.measure import _best_validation, fit_and_measure
+from recbole_transfer.measure import (
+    _best_validation,
+    fit_and_measure,
+    latest_checkpoint,
+)
 
 
 def test_best_validation_is_the_checkpoint_early_stopping_kept():
@@ -36,3 +40,25 @@ def test_fit_and_measure_reports_the_best_epoch(tiny_root, tmp_path):
         assert result["peak_gpu_gib"] is None
     # the older fields are unchanged
     assert result["best_valid"]["ndcg@10"] == result["best_valid_score"]
+
+
+def test_a_resumed_measured_run_continues_the_first_ones_figures(tiny_root, tmp_path):
+    settings = dict(
+        FAST,
+        data_path=str(tiny_root),
+        checkpoint_dir=str(tmp_path / "saved"),
+        epochs=2,
+        resumable=True,
+    )
+    first = fit_and_measure("SASRec", "Scientific", settings)
+    latest = latest_checkpoint(str(tmp_path / "saved"))
+    assert latest == first["checkpoint"][: -len(".pth")] + "-latest.pth"
+    # the run had finished: resumed, it trains nothing more and reports the first process's epochs and times
+    again = fit_and_measure(
+        "SASRec", "Scientific", dict(settings, resume_checkpoint=latest)
+    )
+    assert (first["resumed"], again["resumed"]) == (0, 1)
+    for key in ("epochs", "best_epoch", "seconds_to_best", "epoch_seconds", "test"):
+        assert again[key] == first[key], key
+    assert again["fit_minutes"] >= first["fit_minutes"] * 0.99
+    assert again["peak_rss_gib"] >= first["peak_rss_gib"]
