@@ -99,6 +99,19 @@ def tiny_root(tmp_path_factory):
 
 
 METAREC_SOURCES = ["Pantry", "Instruments"]
+# a MetaRec small enough for a test: one layer of 16, histories of 10, 2 pairs of 64 target rows per step
+METAREC_SMALL = dict(
+    FAST,
+    hidden_size=16,
+    n_layers=1,
+    MAX_ITEM_LIST_LENGTH=10,
+    source_datasets=METAREC_SOURCES,
+    vq_heads=4,
+    meta_tasks=2,
+    source_batch_size=32,
+    train_batch_size=64,
+    epochs=1,
+)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import FAST, METAREC_SOURCES
+from conftest import METAREC_SMALL, METAREC_SOURCES
 
 from recbole_transfer.errors import UserInputError
 from recbole_transfer.model.layers import VectorQuantizer
@@ -22,18 +22,7 @@ from recbole_transfer.trainer.meta import (
 )
 
 SOURCES = METAREC_SOURCES
-SMALL = dict(
-    FAST,
-    hidden_size=16,
-    n_layers=1,
-    MAX_ITEM_LIST_LENGTH=10,
-    source_datasets=SOURCES,
-    vq_heads=4,
-    meta_tasks=2,
-    source_batch_size=32,
-    train_batch_size=64,
-    epochs=1,
-)
+SMALL = METAREC_SMALL
 
 
 @pytest.fixture(scope="module")
