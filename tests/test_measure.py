@@ -12,6 +12,7 @@ from recbole_transfer.measure import (
     fit_and_measure,
     latest_checkpoint,
 )
+from recbole_transfer.utils import load_checkpoint
 
 
 def test_best_validation_is_the_checkpoint_early_stopping_kept():
@@ -58,7 +59,15 @@ def test_a_resumed_measured_run_continues_the_first_ones_figures(tiny_root, tmp_
         "SASRec", "Scientific", dict(settings, resume_checkpoint=latest)
     )
     assert (first["resumed"], again["resumed"]) == (0, 1)
-    for key in ("epochs", "best_epoch", "seconds_to_best", "epoch_seconds", "test"):
+    for key in (
+        "epochs",
+        "best_epoch",
+        "seconds_to_best",
+        "epoch_seconds",
+        "fit_minutes",
+        "test",
+    ):
         assert again[key] == first[key], key
-    assert again["fit_minutes"] >= first["fit_minutes"] * 0.99
-    assert again["peak_rss_gib"] >= first["peak_rss_gib"]
+    # the first process's peak while it trained travels with the latest state
+    carried = load_checkpoint(latest)["run_record"]["peak_rss_gib"]
+    assert 0 < carried <= again["peak_rss_gib"]
