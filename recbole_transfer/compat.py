@@ -394,9 +394,8 @@ class PluginTrainer:
         """
         if self._resumed_finished:
             return self.best_valid_score, self.best_valid_result
-        own = self.__dict__.get(
-            "_train_epoch"
-        )  # a caller's wrapper (e.g. a benchmark's timer) stays inside
+        # a caller's own wrapper (e.g. a benchmark's timer) stays inside this one and is put back after
+        own = self.__dict__.get("_train_epoch")
         train_epoch = self._train_epoch
         first_epoch = self.start_epoch
         trained = []
@@ -495,9 +494,8 @@ class PluginTrainer:
             version, internal, gauss = state["rng_python"]
             random.setstate((version, tuple(internal), gauss))
         generators = dict(state.get("rng_generators") or {})
-        if (
-            "rng_loader" in state
-        ):  # the pretraining checkpoints' earlier name for the loader's generator
+        # the loader's generator under the key that older pretraining checkpoints use
+        if "rng_loader" in state:
             generators.setdefault("loader", state["rng_loader"])
         for name, generator in self._named_generators():
             if name in generators:
