@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from conftest import FAST, METAREC_SOURCES, REPO, cut_users, free_port
+from conftest import FAST, METAREC_SMALL, REPO, cut_users, free_port
 
 from recbole_transfer.quick_start import run
 
@@ -91,18 +91,10 @@ def _spawn_two(model, dataset, config_dict, tmp_path, port):
 def test_metarec_ranks_average_their_gradients_and_stay_identical(
     metarec_root, tmp_path, transfer
 ):
-    settings = _tiny(
-        metarec_root,
-        tmp_path,
-        hidden_size=16,
-        n_layers=1,
-        MAX_ITEM_LIST_LENGTH=10,
-        vq_heads=4,
-        source_datasets=METAREC_SOURCES,
-        meta_tasks=2,
-        source_batch_size=32,
-        train_batch_size=64,
-        epochs=1,
+    settings = dict(
+        METAREC_SMALL,
+        data_path=str(metarec_root),
+        checkpoint_dir=str(tmp_path / "saved"),
         transfer=transfer,
         first_order=True,
     )
