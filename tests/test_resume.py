@@ -109,13 +109,15 @@ def test_a_finished_run_resumes_straight_to_its_test(tiny_root, tmp_path):
     latest = best[: -len(".pth")] + "-latest.pth"
     assert load_checkpoint(latest)["finished"] is True
     best_weights = load_checkpoint(best)["state_dict"]
+    written = os.stat(best).st_mtime_ns
     again = run_recbole_transfer(
         "SASRec", "Scientific", config_dict=dict(settings, resume_checkpoint=latest)
     )
     assert again["checkpoint"] == best
     assert again["test_result"] == first["test_result"]
     assert again["best_valid_result"] == first["best_valid_result"]
-    for name, value in load_checkpoint(best)["state_dict"].items():  # not overwritten
+    assert os.stat(best).st_mtime_ns == written  # not written again
+    for name, value in load_checkpoint(best)["state_dict"].items():
         assert torch.equal(value, best_weights[name]), name
 
 
