@@ -47,9 +47,9 @@ from common import (  # noqa: E402
     RunFailed,
     Study,
     fit_and_measure,
-    latest_checkpoint,
     machine,
     mean_se,
+    resumable_in,
 )
 
 METRICS = ["recall@10", "ndcg@10", "recall@50", "ndcg@50"]
@@ -259,20 +259,16 @@ class PositionsStudy(Study):
             settings.update(dataset_settings(job["dataset"]), data_path=data_dir)
         settings.update(model_settings(job["model"], job["dataset"], fraction))
         settings.update(self.overrides)
-        checkpoint_dir = os.path.join(self.work, "runs", job["id"])
         settings.update(
             train_positions=job["form"],
             seed=job["seed"],
-            checkpoint_dir=checkpoint_dir,
-            resumable=True,
+            **resumable_in(os.path.join(self.work, "runs", job["id"])),
         )
         if job["epochs"] is not None:
             settings["epochs"] = job["epochs"]
         if job.get("batch"):
             settings["train_batch_size"] = job["batch"]
-        latest = latest_checkpoint(checkpoint_dir)
-        if latest:
-            settings["resume_checkpoint"] = latest
+        latest = settings.get("resume_checkpoint")
         self.log(f"start {job['id']}" + (f" (resuming {latest})" if latest else ""))
         began = time.time()
         try:

@@ -8,9 +8,9 @@ meta iteration and a joint step read the same batches, so their ratio is the pri
 
 ``--key=value`` pairs go to every run. Rows are appended to ``--out`` as they finish (rows already there are
 skipped); each row trains in ``<out minus .md>-work/<run>-<seed>`` (``resumable``), so a row that was interrupted
-continues from its latest epoch when the same command runs again. ``--seeds=2020,2021,2022`` runs each row once per seed into a table with a seed column and writes the
-summary ``<out minus .md>_summary.md``: mean ± one standard error per row and the difference to LRURec on MetaRec's
-batches (``target``), paired by seed:
+continues from its latest epoch when the same command runs again. ``--seeds=2020,2021,2022`` runs each row once
+per seed into a table with a seed column and writes the summary ``<out minus .md>_summary.md``: mean ± one
+standard error per row and the difference to LRURec on MetaRec's batches (``target``), paired by seed:
 
     python benchmarks/bench_metarec.py --dataset=Scientific --train_positions=all --MAX_ITEM_LIST_LENGTH=20 \
         --runs=target,pretrained,joint,metarec,control --seeds=2020,2021,2022 --out=results/metarec_seeds.md
@@ -49,9 +49,9 @@ from common import (  # noqa: E402
     append_row,
     fit_and_measure,
     has_row,
-    latest_checkpoint,
     mean_se_cell,
     read_seed_table,
+    resumable_in,
     start_table,
 )
 
@@ -350,15 +350,10 @@ def main():
                 common, **settings, **({} if seed is None else {"seed": seed})
             )
             # each row's own folder: an interrupted row resumes from its latest state when the command runs again
-            folder = os.path.join(
-                common.get("checkpoint_dir", f"{os.path.splitext(out)[0]}-work"),
-                f"{name}-{seed}",
-            )
-            config.update(checkpoint_dir=folder, resumable=True)
-            latest = latest_checkpoint(folder)
-            if latest:
-                print(f"resume {row} from {latest}")
-                config["resume_checkpoint"] = latest
+            base = common.get("checkpoint_dir", f"{os.path.splitext(out)[0]}-work")
+            config.update(resumable_in(os.path.join(base, f"{name}-{seed}")))
+            if "resume_checkpoint" in config:
+                print(f"resume {row} from {config['resume_checkpoint']}")
             result = fit_and_measure(model, args.dataset, config)
             iteration = result["iteration_seconds"]
             line = (

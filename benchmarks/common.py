@@ -19,13 +19,13 @@ from recbole_transfer.measure import (  # noqa: E402  (the scripts import them h
     RunFailed,
     fit_and_measure,
     in_fresh_process,
-    latest_checkpoint,
+    resumable_in,
 )
 
 __all__ = [
     "SAMPLED_METRICS",
     "fit_and_measure",
-    "latest_checkpoint",
+    "resumable_in",
     "METRICS",
     "machine",
     "start_table",

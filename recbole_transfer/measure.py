@@ -237,6 +237,16 @@ def latest_checkpoint(folder):
     return max(found, key=os.path.getmtime) if found else None
 
 
+def resumable_in(folder):
+    """Settings for a run that trains in ``folder`` and keeps its latest state there (``resumable``); when the folder
+    holds an interrupted run's latest state, the run continues from it."""
+    settings = dict(checkpoint_dir=folder, resumable=True)
+    latest = latest_checkpoint(folder)
+    if latest:
+        settings["resume_checkpoint"] = latest
+    return settings
+
+
 class RunFailed(RuntimeError):
     pass
 
