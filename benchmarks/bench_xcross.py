@@ -27,9 +27,10 @@ on its own domain.
 MRR@10 is the X-Cross of the ablations and the learning curve (the test split never chooses; a run without the
 ``xcross`` part reads those rows from ``<out>.json``). ``--validate=choices`` validates only the rows a choice is
 made on (the zero-shot sources, the X-Cross learning rates); every other row trains its epochs without validation
-and tests the last epoch's model (``eval_step=0``), which halves the cost of evaluating a language model per
-(user, candidate) prompt. Each row records its test users' ranks in ``<out>.json``; the ``SE`` column is one
-standard error of MRR@10 over those users, sqrt(var / n) of the per-user reciprocal ranks.
+and tests the last epoch's model (``eval_step=0``; X-Cross's untrained start is only tested), which halves the cost
+of evaluating a language model per (user, candidate) prompt. Each row records its test users' ranks in
+``<out>.json``; the ``SE`` column is one standard error of MRR@10 over those users, sqrt(var / n) of the per-user
+reciprocal ranks.
 
     python benchmarks/bench_xcross.py --report=results/bench_xcross_Tools.md.json
 

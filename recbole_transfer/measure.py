@@ -143,9 +143,8 @@ def _fit_here(model, dataset, config_dict, sampled, config_files):
     trainer._valid_epoch = timed_valid_epoch
     start = time.time() - record["fit_seconds"]
     _, best_valid = trainer.fit(train, valid, saved=True, show_progress=False)
-    if (
-        config["epochs"] == 0
-    ):  # zero-shot: the loaded model's validation result, for choosing among models
+    if config["epochs"] == 0 and config["eval_step"] != 0:
+        # zero-shot: the loaded model's validation result, for choosing among models (eval_step 0: no choice)
         best_valid = trainer.evaluate(valid, load_best_model=False)
     # to the end of the last epoch's training or validation (a resumed run's state was saved there); with nothing
     # trained (epochs=0), the zero-shot validation

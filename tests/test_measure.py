@@ -43,6 +43,22 @@ def test_fit_and_measure_reports_the_best_epoch(tiny_root, tmp_path):
     assert result["best_valid"]["ndcg@10"] == result["best_valid_score"]
 
 
+def test_an_untrained_run_validates_only_where_a_choice_is_made(tiny_root, tmp_path):
+    settings = dict(
+        FAST,
+        data_path=str(tiny_root),
+        checkpoint_dir=str(tmp_path / "saved"),
+        epochs=0,
+    )
+    chosen_on = fit_and_measure("SASRec", "Scientific", settings)
+    assert chosen_on["epochs"] == 0
+    assert set(chosen_on["best_valid"]) >= {"ndcg@10", "recall@10"}
+    # eval_step 0 (no validation, as for a row nothing is chosen on): the same test, no validation
+    tested_only = fit_and_measure("SASRec", "Scientific", dict(settings, eval_step=0))
+    assert tested_only["best_valid"] == {}
+    assert tested_only["test"] == chosen_on["test"]
+
+
 def test_a_resumed_measured_run_continues_the_first_ones_figures(tiny_root, tmp_path):
     settings = dict(
         FAST,
