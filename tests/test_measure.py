@@ -15,6 +15,16 @@ from recbole_transfer.measure import (
 from recbole_transfer.utils import load_checkpoint
 
 
+def run_settings(tiny_root, tmp_path, **settings):
+    """A fast run on the tiny Scientific fixture, checkpoints under ``tmp_path``."""
+    return dict(
+        FAST,
+        data_path=str(tiny_root),
+        checkpoint_dir=str(tmp_path / "saved"),
+        **settings,
+    )
+
+
 def test_best_validation_is_the_checkpoint_early_stopping_kept():
     # RecBole keeps a score equal to the best, so of two equal best scores the later model is the one tested
     validations = [(1, 0.1, 2.0), (2, 0.3, 4.0), (3, 0.3, 6.0), (4, 0.2, 8.0)]
@@ -27,12 +37,7 @@ def test_best_validation_is_the_checkpoint_early_stopping_kept():
 
 
 def test_fit_and_measure_reports_the_best_epoch(tiny_root, tmp_path):
-    settings = dict(
-        FAST,
-        data_path=str(tiny_root),
-        checkpoint_dir=str(tmp_path / "saved"),
-        epochs=3,
-    )
+    settings = run_settings(tiny_root, tmp_path, epochs=3)
     result = fit_and_measure("SASRec", "Scientific", settings)
     assert result["epochs"] == 3
     assert 1 <= result["best_epoch"] <= 3
@@ -44,12 +49,7 @@ def test_fit_and_measure_reports_the_best_epoch(tiny_root, tmp_path):
 
 
 def test_an_untrained_run_validates_only_where_a_choice_is_made(tiny_root, tmp_path):
-    settings = dict(
-        FAST,
-        data_path=str(tiny_root),
-        checkpoint_dir=str(tmp_path / "saved"),
-        epochs=0,
-    )
+    settings = run_settings(tiny_root, tmp_path, epochs=0)
     chosen_on = fit_and_measure("SASRec", "Scientific", settings)
     assert chosen_on["epochs"] == 0
     assert set(chosen_on["best_valid"]) >= {"ndcg@10", "recall@10"}
@@ -60,13 +60,7 @@ def test_an_untrained_run_validates_only_where_a_choice_is_made(tiny_root, tmp_p
 
 
 def test_a_resumed_measured_run_continues_the_first_ones_figures(tiny_root, tmp_path):
-    settings = dict(
-        FAST,
-        data_path=str(tiny_root),
-        checkpoint_dir=str(tmp_path / "saved"),
-        epochs=2,
-        resumable=True,
-    )
+    settings = run_settings(tiny_root, tmp_path, epochs=2, resumable=True)
     first = fit_and_measure("SASRec", "Scientific", settings)
     latest = latest_checkpoint(str(tmp_path / "saved"))
     assert latest == first["checkpoint"][: -len(".pth")] + "-latest.pth"
