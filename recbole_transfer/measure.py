@@ -147,7 +147,7 @@ def _fit_here(model, dataset, config_dict, sampled, config_files):
         # zero-shot: the loaded model's validation result, for choosing among models (eval_step 0: no choice)
         best_valid = trainer.evaluate(valid, load_best_model=False)
     # to the end of the last epoch's training or validation (a resumed run's state was saved there); with nothing
-    # trained (epochs=0), the zero-shot validation
+    # trained (epochs=0), the zero-shot validation, if any
     fit_seconds = record["fit_seconds"] if epoch_times else time.time() - start
     peak_gpu_gib = _peak_gpu_gib(config)
     best = _best_validation(validations, trainer)
