@@ -225,6 +225,76 @@ def test_xcross_trains_only_its_integration_and_leaves_the_sources_bit_identical
             assert torch.equal(p, frozen[name]), name
 
 
+# one X-Cross training loss in a fresh process (the string-hash seed is fixed at interpreter start)
+_ONE_LOSS = """
+import json, sys
+config = json.loads(sys.argv[1])
+sys.argv = sys.argv[:1]
+from recbole_transfer.quick_start import build
+_, model, _, (train, _, _) = build("XCross", "Tools", config_dict=config)
+model.train()
+print(json.dumps({"order": list(set(model.adapter_names)), "loss": model.calculate_loss(next(iter(train))).item()}))
+"""
+
+
+def _hash_seeds_of_both_orders(names):
+    """Two PYTHONHASHSEED values under which a set of ``names`` iterates in different orders."""
+    import subprocess
+
+    seen = {}
+    for seed in range(32):
+        order = subprocess.run(
+            [sys.executable, "-c", f"print(list(set({names!r})))"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=dict(os.environ, PYTHONHASHSEED=str(seed)),
+        ).stdout
+        seen.setdefault(order, seed)
+        if len(seen) == 2:
+            return list(seen.values())
+    raise AssertionError(f"one set order of {names} under 32 hash seeds")
+
+
+def test_xcross_training_is_the_same_whatever_the_string_hash_seed(
+    data_root, tmp_path, sources
+):
+    """peft applies each source's LoRA dropout in a set's order of the adapter names, which follows the process's
+    string-hash seed; with the dropouts on the global RNG the same seed gave another training loss per process.
+    """
+    import json
+    import subprocess
+
+    from conftest import REPO
+
+    config = dict(
+        SMALL,
+        data_path=str(data_root),
+        checkpoint_dir=str(tmp_path / "saved"),
+        **_source_keys(sources),
+    )
+    results = []
+    for seed in _hash_seeds_of_both_orders(["source0", "source1"]):
+        proc = subprocess.run(
+            [sys.executable, "-c", _ONE_LOSS, json.dumps(config)],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=600,
+            env=dict(
+                os.environ,
+                PYTHONHASHSEED=str(seed),
+                PYTHONPATH=os.pathsep.join(
+                    filter(None, [str(REPO), os.environ.get("PYTHONPATH")])
+                ),
+            ),
+        )
+        assert proc.returncode == 0, proc.stderr[-1500:]
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert results[0]["order"] != results[1]["order"]
+    assert results[0]["loss"] == results[1]["loss"]
+
+
 def test_prompt_lora_export_round_trip_and_pop29_evaluation(data_root, tmp_path):
     from recbole_transfer.quick_start import run_recbole_transfer
 

@@ -22,7 +22,8 @@ after each of the top ``xcross_layers`` layers an integrator per layer mixes the
     h~_m = h_m + alpha sum_{j!=m} omega_{m,j} h_j + beta sum_{j!=m} omega'_{m,j} (h_m - h_j)
 (negative weights allowed, no softmax); the next layer reads h~_m. The output is sum_m w_m h~_m (w learnable), then
 pooler and scorer. Trainable: the integrators, w, pooler, scorer. All sources run in one batch: peft's per-row
-adapter selection (``adapter_names``) picks each row's source adapter inside every LoRA layer.
+adapter selection (``adapter_names``) picks each row's source adapter inside every LoRA layer; each source's LoRA
+dropout draws from its own seeded generator, so a seed gives the same run in every process.
 """
 
 import json
@@ -99,6 +100,39 @@ def adapter_per_row(module, adapter_names):
     finally:
         for handle in handles:
             handle.remove()
+
+
+class SeededDropout(nn.Module):
+    """Dropout that draws its masks from its own generator. peft's mixed-batch forward applies the adapters' LoRA
+    dropouts in the iteration order of a set of adapter names, which follows the process's string-hash seed: drawn
+    from the global RNG, two runs with the same ``seed`` would give each source different masks.
+    """
+
+    def __init__(self, p, seed):
+        super().__init__()
+        self.p = p
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand(x.shape, generator=self.generator) >= self.p
+        return x * keep.to(x.device, x.dtype) / (1 - self.p)
+
+
+def seed_source_dropouts(encoder, adapter_names, seed):
+    """Every source adapter's LoRA dropout in ``encoder`` as a ``SeededDropout`` of the same rate, one generator per
+    (LoRA layer, source), seeded from ``seed``."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in encoder.modules() if isinstance(m, LoraLayer)]
+    for index, layer in enumerate(layers):
+        for m, name in enumerate(adapter_names):
+            dropout = layer.lora_dropout[name]
+            if isinstance(dropout, nn.Dropout) and dropout.p > 0:
+                layer.lora_dropout[name] = SeededDropout(
+                    dropout.p, seed + 1 + index * len(adapter_names) + m
+                )
 
 
 def check_pooling(folder, pooling):
@@ -404,6 +438,7 @@ class XCross(PromptRecommender):
         for name, path in zip(self.adapter_names[1:], sources[1:]):
             self.encoder.load_adapter(path, adapter_name=name)
         self.encoder.requires_grad_(False)
+        seed_source_dropouts(self.encoder, self.adapter_names, int(config["seed"]))
         self.language_model = self.encoder.get_base_model()
         n_layers = len(self.language_model.encoder.layer)
         self.n_integrated = min(int(config["xcross_layers"]), n_layers)
