@@ -175,7 +175,7 @@ def test_metarec_target_and_source_losses_are_the_means_of_the_prefix_losses(
         "MetaRec", metarec_root, tmp_path, train_positions="all", **settings
     )
     _, model_last, _, (train_last, _, _) = _build(
-        "MetaRec", metarec_root, tmp_path, **settings
+        "MetaRec", metarec_root, tmp_path, train_positions="last", **settings
     )
     _assert_same_losses(
         model_all,

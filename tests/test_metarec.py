@@ -447,6 +447,29 @@ def test_metarec_training_lowers_the_loss_end_to_end(data_root, tmp_path):
     assert result["recall@10"] > 2 * 10 / (model.n_items - 1)
 
 
+def test_metarec_trains_on_whole_histories_by_default(data_root, tmp_path):
+    from recbole_transfer.quick_start import build
+
+    small = {k: v for k, v in SMALL.items() if k != "train_positions"}
+    config, model, trainer, (train, _, _) = build(
+        "MetaRec",
+        "Scientific",
+        config_dict=dict(
+            small, data_path=str(data_root), checkpoint_dir=str(tmp_path / "saved")
+        ),
+    )
+    assert config["train_positions"] == "all" and type(model).all_positions
+    rows = train._dataset.inter_feat
+    # rows per user history (windows of MAX_ITEM_LIST_LENGTH), targets at every real position
+    users = set(rows["user_id"].tolist())
+    assert len(users) == 200 and len(rows) < 1.2 * len(users)
+    assert int((rows["item_id_target_list"] > 0).sum()) > 2 * len(rows)
+    for source in train._dataset.sources:
+        assert "item_id_target_list" in source.interaction
+    loss = trainer._train_epoch(train, 0)
+    assert torch.isfinite(torch.as_tensor(loss))
+
+
 def test_an_epoch_trains_on_every_target_batch(data_root, tmp_path, monkeypatch):
     _, _, trainer, (train, _, _) = _build(data_root, tmp_path, meta_tasks=3)
     assert len(train) % 3  # the fixture leaves a remainder
