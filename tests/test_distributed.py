@@ -87,9 +87,10 @@ def _spawn_two(model, dataset, config_dict, tmp_path, port):
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
 
 
-@pytest.mark.parametrize("transfer", ["meta", "joint"])
+# the meta step in MetaRec's default form (one row per history), joint training on prefix rows: both forms shard
+@pytest.mark.parametrize("transfer, positions", [("meta", "all"), ("joint", "last")])
 def test_metarec_ranks_average_their_gradients_and_stay_identical(
-    metarec_root, tmp_path, transfer
+    metarec_root, tmp_path, transfer, positions
 ):
     settings = dict(
         METAREC_SMALL,
@@ -97,6 +98,7 @@ def test_metarec_ranks_average_their_gradients_and_stay_identical(
         checkpoint_dir=str(tmp_path / "saved"),
         transfer=transfer,
         first_order=True,
+        train_positions=positions,
     )
     ranks = _spawn_two(
         "MetaRec",
