@@ -19,9 +19,14 @@ SETTINGS = {
     "BPR": dict(FAST, epochs=EPOCHS, stopping_step=10),
     # one row per user history (the benchmarks' all-positions runs)
     "SASRec-all": dict(FAST, epochs=EPOCHS, stopping_step=10, train_positions="all"),
-    # MetaRec also draws its source domains and rows from the trainer's own generator
+    # MetaRec also draws its source domains and rows from the trainer's own generator; its default form
     "MetaRec": dict(
-        METAREC_SMALL, epochs=EPOCHS, stopping_step=10, vq_heads=2, inner_steps=1
+        METAREC_SMALL,
+        epochs=EPOCHS,
+        stopping_step=10,
+        vq_heads=2,
+        inner_steps=1,
+        train_positions="all",
     ),
 }
 
