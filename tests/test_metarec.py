@@ -81,8 +81,17 @@ def test_vq_codes_are_the_same_for_any_chunking():
     book = F.normalize(codebook.view(40, 3, 4), dim=-1)
     query = F.normalize(z_e.view(300, 3, 4), dim=-1)
     assert torch.equal(whole, torch.einsum("nhd,khd->nhk", query, book).argmax(-1))
-    for chunk_size in (1, 7, 256):
+    for chunk_size in (None, 1, 7, 256):
         assert torch.equal(VectorQuantizer(3, chunk_size).codes(z_e, codebook), whole)
+
+
+def test_vq_blocks_are_sized_to_the_cache_for_the_codebook():
+    # the [heads, rows, K] block of float scores fills at most 4 MiB on CPU: fewer rows for a larger table
+    quantizer = VectorQuantizer(4)
+    assert quantizer.chunk_rows(torch.zeros(9922, 64)) == 26  # Instruments
+    assert quantizer.chunk_rows(torch.zeros(4385, 64)) == 59  # Scientific
+    assert quantizer.chunk_rows(torch.zeros(10**7, 64)) == 1
+    assert VectorQuantizer(4, chunk_size=256).chunk_rows(torch.zeros(9922, 64)) == 256
 
 
 def test_vq_loss_is_eq3_squared_norms_summed_over_dimensions():
@@ -629,6 +638,16 @@ def test_source_tables_and_parameter_counts(data_root, tmp_path):
     assert {id(p) for p in group["params"]} == {id(p) for p in model.parameters()}
 
 
+def test_vq_chunk_rows_reaches_the_search(data_root, tmp_path):
+    _, model, _, _ = _build(data_root, tmp_path, vq_chunk_rows=7)
+    assert model.quantizer.chunk_rows(model.item_embedding.weight) == 7
+    _, model, _, _ = _build(data_root, tmp_path)
+    table = model.item_embedding.weight[1:]
+    assert model.quantizer.chunk_rows(table) == (4 << 20) // (
+        4 * model.vq_heads * table.shape[0]
+    )
+
+
 def test_bad_source_settings_are_one_line_errors(data_root, tmp_path):
     from recbole_transfer.data.folders import UnknownDatasetError
 
@@ -654,6 +673,8 @@ def test_bad_source_settings_are_one_line_errors(data_root, tmp_path):
         _build(data_root, tmp_path, inner_lr=-1.0)
     with pytest.raises(UserInputError, match="^vq_refresh_steps must be >= 0; got -1$"):
         _build(data_root, tmp_path, vq_refresh_steps=-1)
+    with pytest.raises(UserInputError, match="^vq_chunk_rows must be >= 0; got -1$"):
+        _build(data_root, tmp_path, vq_chunk_rows=-1)
     with pytest.raises(
         UserInputError, match="^source_pretrain_epochs must be >= 0; got -1$"
     ):

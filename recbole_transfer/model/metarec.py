@@ -61,6 +61,11 @@ class MetaRec(LRURec):
             raise UserInputError(
                 f"vq_refresh_steps must be >= 0; got {self.vq_refresh_steps}"
             )
+        self.vq_chunk_rows = int(config["vq_chunk_rows"] or 0)
+        if self.vq_chunk_rows < 0:
+            raise UserInputError(
+                f"vq_chunk_rows must be >= 0; got {self.vq_chunk_rows}"
+            )
         sources = getattr(dataset, "sources", [])
         self.source_names = [source.name for source in sources]
         if self.vq_heads and self.hidden_size % self.vq_heads:
@@ -76,7 +81,11 @@ class MetaRec(LRURec):
         self.source_output_bias = nn.ParameterList(
             nn.Parameter(torch.zeros(source.n_items)) for source in sources
         )
-        self.quantizer = VectorQuantizer(self.vq_heads) if self.vq_heads else None
+        self.quantizer = (
+            VectorQuantizer(self.vq_heads, self.vq_chunk_rows or None)
+            if self.vq_heads
+            else None
+        )
 
         # parameters initialization
         for table in self.source_item_embedding:
