@@ -44,6 +44,13 @@ def vq_loss(z_e, quantized):
     ).mean()
 
 
+def _non_negative_int(config, key):
+    value = int(config[key] or 0)
+    if value < 0:
+        raise UserInputError(f"{key} must be >= 0; got {value}")
+    return value
+
+
 class MetaRec(LRURec):
     all_positions = True  # the LRURec body is causal in every domain
     yaml_bases = ("LRURec",)
@@ -56,16 +63,8 @@ class MetaRec(LRURec):
 
         # load parameters info
         self.vq_heads = int(config["vq_heads"] or 0)
-        self.vq_refresh_steps = int(config["vq_refresh_steps"] or 0)
-        if self.vq_refresh_steps < 0:
-            raise UserInputError(
-                f"vq_refresh_steps must be >= 0; got {self.vq_refresh_steps}"
-            )
-        self.vq_chunk_rows = int(config["vq_chunk_rows"] or 0)
-        if self.vq_chunk_rows < 0:
-            raise UserInputError(
-                f"vq_chunk_rows must be >= 0; got {self.vq_chunk_rows}"
-            )
+        self.vq_refresh_steps = _non_negative_int(config, "vq_refresh_steps")
+        self.vq_chunk_rows = _non_negative_int(config, "vq_chunk_rows")
         sources = getattr(dataset, "sources", [])
         self.source_names = [source.name for source in sources]
         if self.vq_heads and self.hidden_size % self.vq_heads:
