@@ -4,15 +4,22 @@
 ``tool="ray"`` samples the space at random with ray tune and stops bad trials early (ASHA on the validation metric).
 Either way the sweep ends in ``<output>.md`` and ``<output>.json``: one row per trial, the best parameters on top.
 
+A hyperopt sweep trains in ``<output>-work/`` (one folder per trial, each trial ``resumable``) until it ends: the same
+command continues an interrupted sweep, reading back the trials that finished and continuing the interrupted one from
+its last epoch; when the sweep ends, each trial's best model goes to ``checkpoint_dir`` and the folder is removed.
+
 ``.hyper`` lines (RecBole's format, nothing else): ``name choice [a,b,...]`` | ``name uniform low,high`` |
 ``name loguniform low,high`` (natural-log bounds: values exp(U(low, high))) | ``name quniform low,high,q``.
 """
 
 import ast
+import glob
+import hashlib
 import json
 import logging
 import math
 import os
+import shutil
 import sys
 from datetime import datetime
 
@@ -150,16 +157,89 @@ def _trial(
     }
 
 
-def _hyperopt_trials(space, base, config_file_list, algo, max_evals):
+def _plain_result(result):
+    """An objective's result as JSON: its metrics as floats."""
+    score = result["best_valid_score"]
+    return {
+        "model": result["model"],
+        "best_valid_score": None if score is None else float(score),
+        "valid_score_bigger": bool(result["valid_score_bigger"]),
+        "best_valid_result": _metrics(result["best_valid_result"]),
+        "test_result": _metrics(result["test_result"]),
+    }
+
+
+def _sweep_settings(space, base, config_file_list, algo, max_evals):
+    return json.loads(
+        json.dumps(
+            {
+                "space": space,
+                "settings": base,
+                "config_files": config_file_list,
+                "algo": algo,
+                "max_evals": max_evals,
+            },
+            sort_keys=True,
+            default=str,
+        )
+    )
+
+
+def _open_work_folder(work, settings):
+    """Create the sweep's work folder, or check that an interrupted sweep's one was started with these settings."""
+    manifest = os.path.join(work, "sweep.json")
+    if os.path.exists(manifest):
+        with open(manifest) as file:
+            if json.load(file) != settings:
+                raise UserInputError(
+                    f"'{work}' holds an interrupted sweep with other settings: delete it to start this one, "
+                    f"or choose another --hyper_output"
+                )
+        finished = len(glob.glob(os.path.join(glob.escape(work), "*", "result.json")))
+        logging.getLogger(__name__).warning(
+            f"continuing the interrupted sweep in '{work}' ({finished} trial(s) finished); delete it to start over"
+        )
+    else:
+        atomic_write_text(manifest, json.dumps(settings, indent=2) + "\n")
+
+
+def _trial_folder(work, params):
+    key = json.dumps(params, sort_keys=True, default=str)
+    return os.path.join(work, "trial-" + hashlib.sha1(key.encode()).hexdigest()[:12])
+
+
+def _close_work_folder(work, checkpoint_dir):
+    """Move each trial's best model to ``checkpoint_dir`` (where a sweep's models go) and remove the work folder."""
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    for path in glob.glob(os.path.join(glob.escape(work), "*", "*.pth")):
+        if not path.endswith("-latest.pth"):
+            shutil.move(path, os.path.join(checkpoint_dir, os.path.basename(path)))
+    shutil.rmtree(work)
+
+
+def _hyperopt_trials(space, base, config_file_list, algo, max_evals, work):
     from recbole.trainer import HyperTuning
 
+    from recbole_transfer.measure import resumable_in
     from recbole_transfer.quick_start import objective_function
 
     trials = []
 
     def objective(params, fixed_config_file_list):
         params = config_values(space, params)
-        result = objective_function(dict(base, **params), fixed_config_file_list)
+        folder = _trial_folder(work, params)
+        finished = os.path.join(folder, "result.json")
+        if os.path.exists(finished):
+            with open(finished) as file:
+                result = json.load(file)
+        else:
+            result = _plain_result(
+                objective_function(
+                    dict(base, **params, **resumable_in(folder)),
+                    fixed_config_file_list,
+                )
+            )
+            atomic_write_text(finished, json.dumps(result, indent=2) + "\n")
         trials.append(
             _trial(
                 params,
@@ -465,8 +545,12 @@ def run_hyper(
     )
     output = output or os.path.join("results", f"hyper_{model}_{dataset}_{tool}")
 
+    work = f"{output}-work"
     if tool == "hyperopt":
-        trials = _hyperopt_trials(space, base, config_file_list, algo, max_evals)
+        _open_work_folder(
+            work, _sweep_settings(space, base, config_file_list, algo, max_evals)
+        )
+        trials = _hyperopt_trials(space, base, config_file_list, algo, max_evals, work)
     else:
         import torch
 
@@ -533,4 +617,6 @@ def run_hyper(
     }
     atomic_write_text(f"{output}.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(f"{output}.md", markdown(summary))
+    if tool == "hyperopt":
+        _close_work_folder(work, config["checkpoint_dir"])
     return summary

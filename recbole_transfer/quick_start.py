@@ -304,6 +304,8 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
     config, model, trainer, (train_data, valid_data, test_data) = build(
         config_file_list=config_file_list, config_dict=config_dict
     )
+    if config["resume_checkpoint"]:
+        trainer.resume_checkpoint(config["resume_checkpoint"])
     logging.basicConfig(level=logging.ERROR)
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, verbose=False, saved=saved

@@ -73,6 +73,101 @@ def test_hyperopt_sweep_returns_the_best_trial_and_writes_both_files(
     assert not [name for name in os.listdir(output.parent) if name.startswith(".tmp-")]
 
 
+def _recording(monkeypatch, cut=None):
+    """Record the learning rate of every trial that starts and (learning rate, epoch) of every epoch it trains; with
+    ``cut=(n, epoch)`` the n-th trial (1-based) is interrupted at the start of that epoch.
+    """
+    from recbole.trainer import Trainer
+
+    import recbole_transfer.quick_start as quick_start
+
+    trials, epochs = [], []
+    real_objective, real_epoch = quick_start.objective_function, Trainer._train_epoch
+
+    def objective(config_dict, config_file_list=None, saved=True):
+        trials.append(config_dict["learning_rate"])
+        return real_objective(config_dict, config_file_list, saved)
+
+    def train_epoch(self, train_data, epoch_idx, *args, **kwargs):
+        if cut == (len(trials), epoch_idx):
+            raise KeyboardInterrupt
+        epochs.append((trials[-1], epoch_idx))
+        return real_epoch(self, train_data, epoch_idx, *args, **kwargs)
+
+    monkeypatch.setattr(quick_start, "objective_function", objective)
+    monkeypatch.setattr(Trainer, "_train_epoch", train_epoch)
+    return trials, epochs
+
+
+def test_interrupted_sweep_continues_where_it_stopped(tiny_root, tmp_path, monkeypatch):
+    def sweep(output):
+        return run_hyper(
+            "SASRec",
+            "Scientific",
+            _hyper_file(tmp_path),
+            config_dict=_tiny(tiny_root, tmp_path, epochs=2),
+            output=str(output),
+        )
+
+    whole = tmp_path / "whole" / "hyper"
+    trials, _ = _recording(monkeypatch)
+    reference = sweep(whole)
+    assert sorted(trials) == sorted(LEARNING_RATES)
+    assert not os.path.exists(f"{whole}-work")
+
+    # the second trial stops after its first epoch
+    output = tmp_path / "cut" / "hyper"
+    trials, epochs = _recording(monkeypatch, cut=(2, 1))
+    with pytest.raises(KeyboardInterrupt):
+        sweep(output)
+    first, second = trials
+    assert epochs == [(first, 0), (first, 1), (second, 0)]
+    assert not output.with_suffix(".json").exists()
+    assert len(glob.glob(f"{output}-work/*/result.json")) == 1
+
+    trials, epochs = _recording(monkeypatch)
+    resumed = sweep(output)
+    # the finished trial is read back and the interrupted one trains its last epoch only, as it would have
+    assert trials == [second] and epochs == [(second, 1)]
+    by_rate = {trial["params"]["learning_rate"]: trial for trial in resumed["trials"]}
+    for trial in reference["trials"]:
+        assert by_rate[trial["params"]["learning_rate"]] == trial
+    assert resumed["best_params"] == reference["best_params"]
+    # the work folder is gone; each trial's best model is where a sweep's models go
+    assert not os.path.exists(f"{output}-work")
+    models = glob.glob(str(tmp_path / "saved" / "SASRec-*.pth"))
+    assert len(models) == 4 and not [m for m in models if m.endswith("-latest.pth")]
+
+
+def test_interrupted_sweep_with_other_settings_is_one_clear_error(
+    tiny_root, tmp_path, monkeypatch
+):
+    output = tmp_path / "hyper"
+    trials, _ = _recording(monkeypatch, cut=(1, 0))
+    settings = _tiny(tiny_root, tmp_path, epochs=1)
+    with pytest.raises(KeyboardInterrupt):
+        run_hyper(
+            "SASRec",
+            "Scientific",
+            _hyper_file(tmp_path),
+            config_dict=settings,
+            output=str(output),
+        )
+    assert len(trials) == 1
+    with pytest.raises(UserInputError) as error:
+        run_hyper(
+            "SASRec",
+            "Scientific",
+            _hyper_file(tmp_path),
+            config_dict=dict(settings, epochs=2),
+            output=str(output),
+        )
+    assert str(error.value) == (
+        f"'{output}-work' holds an interrupted sweep with other settings: delete it to start this one, "
+        f"or choose another --hyper_output"
+    )
+
+
 def test_ray_sweep_reports_the_metric_in_every_final_result(tiny_root, tmp_path):
     import ray
 
