@@ -307,8 +307,9 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
     if config["resume_checkpoint"]:
         trainer.resume_checkpoint(config["resume_checkpoint"])
     logging.basicConfig(level=logging.ERROR)
+    # RecBole's objective trains silently; a trial can run for hours, so its epochs go to its log like a run's
     best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, verbose=False, saved=saved
+        train_data, valid_data, verbose=True, saved=saved
     )
     test_result = trainer.evaluate(test_data, load_best_model=saved)
     return {
