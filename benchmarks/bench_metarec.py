@@ -89,6 +89,12 @@ RUNS = {
         "MetaRec",
         {"inner_steps": 1, "first_order": True},
     ),
+    # one codeword search per source and iteration, reused by its inner steps: 3x fewer searches, stale codes inside
+    "refresh_codes": (
+        "MetaRec, codes searched once per iteration (`vq_refresh_steps=1`)",
+        "MetaRec",
+        {"vq_refresh_steps": 1},
+    ),
     "single_head": ("MetaRec w/o multi-head VQ", "MetaRec", {"vq_heads": 1}),
     "no_vq": ("MetaRec w/o VQ", "MetaRec", {"vq_heads": 0}),
     "no_rescaling": (
