@@ -107,8 +107,7 @@ def _fit_here(model, dataset, config_dict, sampled, config_files):
         peak_rss_gib=0.0,
         resumed=0,
     )
-    if config["resume_checkpoint"]:
-        trainer.resume_checkpoint(config["resume_checkpoint"])
+    if config["resume_checkpoint"]:  # build() has resumed the trainer
         earlier = trainer.run_record or {}
         epoch_times.extend(earlier.get("epoch_times", []))
         validations.extend(tuple(v) for v in earlier.get("validations", []))

@@ -109,6 +109,9 @@ def _build(config):
     trainer = registry.get_trainer_class(
         config["model"], config["MODEL_TYPE"], config["train_stage"]
     )(config, model)
+    # every entry point (a run, a sweep's trial, a measured run) continues the checkpoint it is given
+    if config["resume_checkpoint"]:
+        trainer.resume_checkpoint(config["resume_checkpoint"])
     return config, model, trainer, (train_data, valid_data, test_data)
 
 
@@ -128,8 +131,6 @@ def run_recbole_transfer(
         model, dataset, config_file_list, config_dict
     )
     logger = getLogger()
-    if config["resume_checkpoint"]:
-        trainer.resume_checkpoint(config["resume_checkpoint"])
 
     evaluates = getattr(trainer, "evaluates", True)  # pretraining stages train only
     with stock_model_errors(config):
@@ -304,8 +305,6 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
     config, model, trainer, (train_data, valid_data, test_data) = build(
         config_file_list=config_file_list, config_dict=config_dict
     )
-    if config["resume_checkpoint"]:
-        trainer.resume_checkpoint(config["resume_checkpoint"])
     logging.basicConfig(level=logging.ERROR)
     # RecBole's objective trains silently; a trial can run for hours, so its epochs go to its log like a run's
     best_valid_score, best_valid_result = trainer.fit(
