@@ -29,6 +29,13 @@ Seconds per iteration of MetaRec and of joint training on the same batches, in o
 
     python benchmarks/bench_metarec.py --timing=20 --dataset=Scientific [--grid="vq_refresh_steps=0,10"]
 
+Seconds of one codeword search per source table (``VectorQuantizer.codes`` at the initial weights), with the
+block-maximum argmax (``layers.first_max_index``) and with torch's argmax, alternating ``--search=N`` times; the codes
+must be equal:
+
+    python benchmarks/bench_metarec.py --search=5 --dataset=Instruments \\
+        --source_datasets="['Pantry','Games','Electronics','Sports','Toys','Tools']"
+
 How many source-item codes change from one iteration to the next (and over 5 and 10), and between inner steps,
 while MetaRec trains (``--code_changes=N`` iterations):
 
@@ -248,6 +255,57 @@ def run_timing(dataset, overrides, iterations, grid):
     print("\n".join(rows))
 
 
+def run_search_timing(dataset, overrides, repeats):
+    """Median seconds of one search over each source table against the target's, with ``first_max_index`` and
+    with torch's argmax in its place, alternating; the two must give the same codes."""
+    import torch
+
+    from recbole_transfer.model import layers
+    from recbole_transfer.quick_start import build
+
+    _, model, _, _ = build("MetaRec", dataset, config_dict=dict(QUIET, **overrides))
+    if model.quantizer is None:
+        raise SystemExit("--search needs vq_heads > 0")
+    codebook = model.item_embedding.weight.detach()[1:]
+    reductions = {
+        "block maxima": layers.first_max_index,
+        "torch argmax": lambda scores: scores.argmax(-1),
+    }
+    rows, totals = [], {name: 0.0 for name in reductions}
+    for name, table in zip(model.source_names, model.source_item_embedding):
+        z_e = table.weight.detach()[1:]
+        seconds, codes = {n: [] for n in reductions}, {}
+        for _ in range(repeats):
+            for reduction, function in reductions.items():
+                layers.first_max_index = function
+                try:
+                    start = time.perf_counter()
+                    codes[reduction] = model.quantizer.codes(z_e, codebook)
+                    seconds[reduction].append(time.perf_counter() - start)
+                finally:
+                    layers.first_max_index = reductions["block maxima"]
+        if not torch.equal(*codes.values()):
+            raise SystemExit(f"{name}: the two searches gave different codes")
+        medians = {n: statistics.median(v) for n, v in seconds.items()}
+        for n in totals:
+            totals[n] += medians[n]
+        rows.append(
+            f"| {name} | {z_e.shape[0]:,} | {medians['torch argmax']:.3f} | "
+            f"{medians['block maxima']:.3f} | {medians['torch argmax'] / medians['block maxima']:.2f} |"
+        )
+    rows.append(
+        f"| all sources | {sum(t.weight.shape[0] - 1 for t in model.source_item_embedding):,} | "
+        f"{totals['torch argmax']:.3f} | {totals['block maxima']:.3f} | "
+        f"{totals['torch argmax'] / totals['block maxima']:.2f} |"
+    )
+    print(
+        f"\n## {dataset}: one search against {codebook.shape[0]:,} codewords x {model.vq_heads} heads, "
+        f"{model.quantizer.chunk_rows(codebook)} rows a block, median of {repeats} (s)\n"
+        "| source | items | torch argmax | block maxima | ratio |\n|---|---|---|---|---|"
+    )
+    print("\n".join(rows))
+
+
 def run_code_changes(dataset, overrides, iterations, grid):
     """Share of source-item codes that change between iterations and between inner steps
     (``trainer.meta.code_changes``)."""
@@ -301,6 +359,12 @@ def main():
         default=0,
         help="iterations over which to count codeword changes",
     )
+    parser.add_argument(
+        "--search",
+        type=int,
+        default=0,
+        help="repetitions of one codeword search per source, two argmax forms",
+    )
     args, overrides = parser.parse_known_args()
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from recbole_transfer.config import parse_cli_overrides
@@ -318,6 +382,9 @@ def main():
         return
     if args.timing:
         run_timing(args.dataset, parse_cli_overrides(overrides), args.timing, args.grid)
+        return
+    if args.search:
+        run_search_timing(args.dataset, parse_cli_overrides(overrides), args.search)
         return
     if args.code_changes:
         run_code_changes(

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from conftest import METAREC_SMALL, METAREC_SOURCES
 
 from recbole_transfer.errors import UserInputError
-from recbole_transfer.model.layers import VectorQuantizer
+from recbole_transfer.model.layers import VectorQuantizer, first_max_index
 from recbole_transfer.model.metarec import vq_loss
 from recbole_transfer.trainer.meta import (
     _group_stats,
@@ -83,6 +83,35 @@ def test_vq_codes_are_the_same_for_any_chunking():
     assert torch.equal(whole, torch.einsum("nhd,khd->nhk", query, book).argmax(-1))
     for chunk_size in (None, 1, 7, 256):
         assert torch.equal(VectorQuantizer(3, chunk_size).codes(z_e, codebook), whole)
+
+
+def test_first_max_index_is_argmax_with_ties_nan_and_short_blocks():
+    torch.manual_seed(0)
+    for size in (
+        5,
+        64,
+        130,
+        4385,
+    ):  # under one block, one block, a short last block, Scientific's codebook
+        scores = torch.randn(3, 7, size)
+        ties = torch.randint(
+            0, 3, (3, 7, size)
+        ).float()  # many equal maxima: the first must win
+        with_nan = scores.clone()
+        with_nan[0, 0, size // 2] = with_nan[1, 2, -1] = float("nan")
+        for case in (scores, ties, with_nan):
+            assert torch.equal(first_max_index(case), case.argmax(-1))
+            assert torch.equal(first_max_index(case, block=7), case.argmax(-1))
+
+
+def test_vq_codes_over_many_codewords_are_the_exact_search():
+    torch.manual_seed(0)
+    z_e, codebook = torch.randn(300, 16), torch.randn(1000, 16)
+    book = F.normalize(codebook.view(1000, 4, 4), dim=-1)
+    query = F.normalize(z_e.view(300, 4, 4), dim=-1)
+    exact = torch.einsum("nhd,khd->nhk", query, book).argmax(-1)
+    for chunk_size in (None, 1, 256):
+        assert torch.equal(VectorQuantizer(4, chunk_size).codes(z_e, codebook), exact)
 
 
 def test_vq_blocks_are_sized_to_the_cache_for_the_codebook():

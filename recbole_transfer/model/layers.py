@@ -165,6 +165,28 @@ class _StraightThrough(torch.autograd.Function):
         return grad, None
 
 
+def first_max_index(scores, block=64):
+    """``scores.argmax(-1)`` computed through block maxima: torch's CPU argmax compares one element at a time,
+    amax is vectorized (4-5x less time for MetaRec's [heads, rows, codewords] scores). The first block holding the
+    maximum holds its first occurrence, so ties and NaN resolve as argmax resolves them.
+    """
+    size = scores.shape[-1]
+    whole = size // block * block
+    if whole == 0:
+        return scores.argmax(-1)
+    block_max = scores[..., :whole].unflatten(-1, (whole // block, block)).amax(-1)
+    if whole < size:
+        block_max = torch.cat(
+            [block_max, scores[..., whole:].amax(-1, keepdim=True)], -1
+        )
+    start = block_max.argmax(-1) * block
+    # the last block may be short: its clamped indices repeat its last element, after its first occurrence
+    inside = (start.unsqueeze(-1) + torch.arange(block, device=scores.device)).clamp(
+        max=size - 1
+    )
+    return start + scores.gather(-1, inside).argmax(-1)
+
+
 class VectorQuantizer(nn.Module):
     """Multi-head vector quantization onto a given codebook (MetaRec, Eq. 2-3): z_e [N, H*D] and the codebook
     [K, H*D] split into ``heads`` parts; each part of z_e is replaced by the codebook part of highest cosine
@@ -199,13 +221,17 @@ class VectorQuantizer(nn.Module):
         with torch.no_grad():
             # the codebook normalized once per call, laid out [H, D, K] so that each head is one contiguous
             # matrix product whose rows the argmax reads in order
-            book = F.normalize(
-                codebook.reshape(codebook.shape[0], heads, -1), dim=-1
-            ).permute(1, 2, 0)
+            book = (
+                F.normalize(codebook.reshape(codebook.shape[0], heads, -1), dim=-1)
+                .permute(1, 2, 0)
+                .contiguous()
+            )
             codes = []
             for chunk in z_e.split(self.chunk_rows(codebook)):
                 query = F.normalize(chunk.reshape(chunk.shape[0], heads, -1), dim=-1)
-                codes.append(torch.bmm(query.transpose(0, 1), book).argmax(-1).t())
+                codes.append(
+                    first_max_index(torch.bmm(query.transpose(0, 1), book)).t()
+                )
             return (
                 torch.cat(codes)
                 if codes
