@@ -13,6 +13,7 @@ its last epoch; when the sweep ends, each trial's best model goes to ``checkpoin
 """
 
 import ast
+import contextlib
 import glob
 import hashlib
 import json
@@ -217,7 +218,21 @@ def _close_work_folder(work, checkpoint_dir):
     shutil.rmtree(work)
 
 
-def _hyperopt_trials(space, base, config_file_list, algo, max_evals, work):
+@contextlib.contextmanager
+def _hyperopt_seed(seed):
+    """hyperopt draws its trials from an unseeded RandomState unless ``HYPEROPT_FMIN_SEED`` is set (RecBole's
+    HyperTuning passes no ``rstate``); a value the user set wins."""
+    if os.environ.get("HYPEROPT_FMIN_SEED"):
+        yield
+        return
+    os.environ["HYPEROPT_FMIN_SEED"] = str(seed)
+    try:
+        yield
+    finally:
+        os.environ.pop("HYPEROPT_FMIN_SEED", None)
+
+
+def _hyperopt_trials(space, base, config_file_list, algo, max_evals, work, seed):
     from recbole.trainer import HyperTuning
 
     from recbole_transfer.measure import resumable_in
@@ -259,7 +274,10 @@ def _hyperopt_trials(space, base, config_file_list, algo, max_evals, work):
     )
     if algo == "exhaustive" and max_evals:
         tuner.max_evals = min(int(tuner.max_evals), max_evals)
-    tuner.run()
+    # drawn from the sweep's seed, the same command visits the same points in the same order: a rerun reads back
+    # the trials that finished and continues the interrupted one next (random and bayes included)
+    with _hyperopt_seed(seed):
+        tuner.run()
     return trials
 
 
@@ -550,7 +568,9 @@ def run_hyper(
         _open_work_folder(
             work, _sweep_settings(space, base, config_file_list, algo, max_evals)
         )
-        trials = _hyperopt_trials(space, base, config_file_list, algo, max_evals, work)
+        trials = _hyperopt_trials(
+            space, base, config_file_list, algo, max_evals, work, config["seed"]
+        )
     else:
         import torch
 

@@ -139,6 +139,33 @@ def test_interrupted_sweep_continues_where_it_stopped(tiny_root, tmp_path, monke
     assert len(models) == 4 and not [m for m in models if m.endswith("-latest.pth")]
 
 
+def test_the_same_sweep_draws_the_same_trials_in_the_same_order(
+    tiny_root, tmp_path, monkeypatch
+):
+    # unseeded, hyperopt would draw 3 of these 10 rates in one of 720 orders: a rerun of an interrupted random
+    # sweep would train other points than the ones it finished
+    hyper_file = _hyper_file(
+        tmp_path,
+        "learning_rate choice ["
+        + ",".join(f"0.00{i}" for i in range(1, 10))
+        + ",0.01]\n",
+    )
+    monkeypatch.delenv("HYPEROPT_FMIN_SEED", raising=False)
+    trials, _ = _recording(monkeypatch)
+    for run in range(2):
+        run_hyper(
+            "SASRec",
+            "Scientific",
+            hyper_file,
+            algo="random",
+            max_evals=3,
+            config_dict=_tiny(tiny_root, tmp_path, epochs=1),
+            output=str(tmp_path / f"run{run}" / "hyper"),
+        )
+    assert len(trials) == 6 and trials[:3] == trials[3:]
+    assert "HYPEROPT_FMIN_SEED" not in os.environ
+
+
 def test_interrupted_sweep_with_other_settings_is_one_clear_error(
     tiny_root, tmp_path, monkeypatch
 ):
