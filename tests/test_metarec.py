@@ -87,16 +87,11 @@ def test_vq_codes_are_the_same_for_any_chunking():
 
 def test_first_max_index_is_argmax_with_ties_nan_and_short_blocks():
     torch.manual_seed(0)
-    for size in (
-        5,
-        64,
-        130,
-        4385,
-    ):  # under one block, one block, a short last block, Scientific's codebook
+    # under one block, one block, a short last block, Scientific's codebook
+    for size in (5, 64, 130, 4385):
         scores = torch.randn(3, 7, size)
-        ties = torch.randint(
-            0, 3, (3, 7, size)
-        ).float()  # many equal maxima: the first must win
+        # many equal maxima: the first must win
+        ties = torch.randint(0, 3, (3, 7, size)).float()
         with_nan = scores.clone()
         with_nan[0, 0, size // 2] = with_nan[1, 2, -1] = float("nan")
         for case in (scores, ties, with_nan):
